@@ -1,0 +1,49 @@
+# Two commands: `make demo` (the main job) and `make test` (the test suite).
+# The Makefile finds a Python >= 3.12 by itself: python3.12/python3.13 on PATH, else pyenv's versions.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+RESULTS ?= results
+
+FIND_PYTHON := for p in python3.12 python3.13; do \
+	  if command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then command -v $$p; exit 0; fi; \
+	done; \
+	root=$$(pyenv root 2>/dev/null || echo $$HOME/.pyenv); \
+	for d in $$root/versions/3.12* $$root/versions/3.13*; do \
+	  if [ -x $$d/bin/python3 ]; then echo $$d/bin/python3; exit 0; fi; \
+	done
+
+.PHONY: venv demo test test-full lint format bench clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	@base=$$($(FIND_PYTHON)); \
+	if [ -z "$$base" ]; then echo "No Python >= 3.12 found (tried python3.12, python3.13, pyenv versions). Install one." >&2; exit 1; fi; \
+	echo "Using $$base"; \
+	[ -x $(PY) ] || $$base -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[fem,dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(VENV)/bin/lse-material demo --out $(RESULTS)/demo
+
+test: venv
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q -ra tests
+
+test-full: venv
+	LSE_FULL=1 $(PY) -m pytest -q -ra tests
+
+lint: venv
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+format: venv
+	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
+
+bench: venv
+	$(VENV)/bin/lse-material bench fit-1d --out $(RESULTS)/bench/fit-1d
+
+clean:
+	rm -rf $(VENV) $(RESULTS) *.egg-info .pytest_cache .ruff_cache
