@@ -79,7 +79,9 @@ class AnalyticPotential:
     energy.
     """
 
-    def __init__(self, energy_fn: Callable[[torch.Tensor], torch.Tensor], input_names: Sequence[str]):
+    def __init__(
+        self, energy_fn: Callable[[torch.Tensor], torch.Tensor], input_names: Sequence[str]
+    ):
         self.energy_fn = energy_fn
         self.input_names = tuple(input_names)
 

@@ -1,0 +1,230 @@
+"""The LSE-ICNN: a gated log-sum-exp (smooth minimum) of convex modes (SPEC §1).
+
+    W(x) = -(1/ρ) log Σ_i g(w_i) exp(-ρ W_i(x)),   g(w) = 2·sigmoid(|w|) - 1,   ρ = softplus(ρ̃)
+
+evaluated stably as ``-(1/ρ)·logsumexp(log g(w) - ρ W_modes)``. A gate exactly at zero
+(``w_i = 0``) removes its mode exactly. Inputs and energy are normalised inside the model:
+``x_n = (x - input_shift) / input_scale`` and ``W_phys = energy_scale · W(x_n) + energy_shift``;
+every public output is in physical units.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lse_material.icnn import ICNNStack
+from lse_material.potential import EnergyDerivatives, as_float64_tensor
+
+__all__ = ["LSEICNN", "ACTIVE_GATE_THRESHOLD"]
+
+ACTIVE_GATE_THRESHOLD = 1e-3  # a mode is active when g(w) > ε; ε is [ours] (SPEC §1)
+
+
+def gate(w: torch.Tensor) -> torch.Tensor:
+    """``g(w) = 2·sigmoid(|w|) - 1`` in [0, 1), g(0) = 0 (shift form [ours])."""
+    return 2 * torch.sigmoid(w.abs()) - 1
+
+
+class LSEICNN(nn.Module):
+    """Log-sum-exp mixture of ``n_modes`` ICNNs.
+
+    Args:
+        n_inputs: input dimension ``d``.
+        n_modes: number of modes ``N`` (the sparse regression switches the unneeded off).
+        hidden: ICNN hidden widths.
+        ensemble: number of independent copies (seed ensembles), or None for one model.
+        input_names: names of the ``d`` inputs, in column order.
+        rho: start value of ρ; gate_weight: start value of every ``w_i``.
+        generator: torch.Generator for reproducible initialisation.
+    """
+
+    def __init__(
+        self,
+        n_inputs: int,
+        n_modes: int,
+        hidden: Sequence[int] = (10, 10),
+        *,
+        ensemble: int | None = None,
+        input_names: Sequence[str] | None = None,
+        rho: float = 1.0,
+        gate_weight: float = 1.0,
+        dtype: torch.dtype = torch.float64,
+        generator: torch.Generator | None = None,
+    ):
+        super().__init__()
+        if rho <= 0:
+            raise ValueError(f"rho must be positive, got {rho}.")
+        self.modes = ICNNStack(
+            n_inputs, n_modes, tuple(hidden), ensemble=ensemble, dtype=dtype, generator=generator
+        )
+        names = (
+            tuple(input_names)
+            if input_names is not None
+            else tuple(f"x{i}" for i in range(n_inputs))
+        )
+        if len(names) != n_inputs:
+            raise ValueError(f"input_names has {len(names)} names for n_inputs={n_inputs}.")
+        self.input_names = names
+        lead = self.modes.ensemble_shape
+        self.gate_weights = nn.Parameter(
+            torch.full((*lead, n_modes), float(gate_weight), dtype=dtype)
+        )
+        rho_raw = rho + math.log(-math.expm1(-rho))  # inverse softplus
+        self.rho_raw = nn.Parameter(torch.full(lead, rho_raw, dtype=dtype))
+        self.register_buffer("input_shift", torch.zeros(n_inputs, dtype=dtype))
+        self.register_buffer("input_scale", torch.ones(n_inputs, dtype=dtype))
+        self.register_buffer("energy_shift", torch.zeros((), dtype=dtype))
+        self.register_buffer("energy_scale", torch.ones((), dtype=dtype))
+
+    # ----------------------------------------------------------------- parameters
+    @property
+    def n_inputs(self) -> int:
+        return self.modes.n_inputs
+
+    @property
+    def n_modes(self) -> int:
+        return self.modes.n_modes
+
+    @property
+    def ensemble_shape(self) -> tuple[int, ...]:
+        return self.modes.ensemble_shape
+
+    def rho(self) -> torch.Tensor:
+        """ρ > 0 (in normalised energy units), shape ``ensemble_shape``."""
+        return F.softplus(self.rho_raw)
+
+    def gates(self) -> torch.Tensor:
+        """g(w), ``(*ensemble, N)``."""
+        return gate(self.gate_weights)
+
+    def active_modes(self, threshold: float = ACTIVE_GATE_THRESHOLD) -> torch.Tensor:
+        """Number of modes with ``g(w) > threshold``, shape ``ensemble_shape`` (int)."""
+        return (self.gates() > threshold).sum(dim=-1)
+
+    def set_normalization(
+        self, *, input_shift, input_scale, energy_shift=0.0, energy_scale=1.0
+    ) -> None:
+        """Store the affine maps physical -> network units (see module docstring)."""
+        for name, value in (
+            ("input_shift", input_shift),
+            ("input_scale", input_scale),
+            ("energy_shift", energy_shift),
+            ("energy_scale", energy_scale),
+        ):
+            buf = getattr(self, name)
+            t = torch.as_tensor(value, dtype=buf.dtype, device=buf.device).expand_as(buf).clone()
+            if not bool(torch.isfinite(t).all()) or (
+                name.endswith("scale") and bool((t <= 0).any())
+            ):
+                raise ValueError(f"{name} must be finite (and positive for scales); got {value}.")
+            buf.copy_(t)
+
+    def _log_gates(self) -> torch.Tensor:
+        """log g(w) with exact -inf for closed gates (their modes drop out exactly)."""
+        g = self.gates()
+        return torch.log(g.clamp_min(torch.finfo(g.dtype).tiny)).masked_fill(g == 0, -math.inf)
+
+    # ----------------------------------------------------------------- evaluation
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.input_shift) / self.input_scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Energy in physical units; x ``(*ensemble, P, d)`` or ``(P, d)`` -> ``(*ensemble, P)``.
+
+        Differentiable by autograd (the training path and the test oracle).
+        """
+        rho = self.rho().unsqueeze(-1)
+        modes = self.modes(self._normalize(x))  # (.., N, P)
+        logits = self._log_gates().unsqueeze(-1) - rho.unsqueeze(-1) * modes
+        w = -torch.logsumexp(logits, dim=-2) / rho
+        return self.energy_scale * w + self.energy_shift
+
+    def phase_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """``p_i(x) = softmax_i(log g_i - ρ W_i)``, ``(*ensemble, P, N)``: which well a point is in."""
+        rho = self.rho().unsqueeze(-1).unsqueeze(-1)
+        logits = self._log_gates().unsqueeze(-1) - rho * self.modes(self._normalize(x))
+        return torch.softmax(logits, dim=-2).transpose(-1, -2)
+
+    def derivatives(self, x, *, hessian: bool = True) -> EnergyDerivatives:
+        """Energy, gradient, Hessian and phase weights in one closed-form pass (SPEC §1).
+
+        x: ``(P, d)`` (array-like, validated) for a single model, or ``(*ensemble, P, d)``.
+        Returns ``energy (.., P)``, ``gradient (.., P, d)``, ``hessian (.., P, d, d)``,
+        ``phase_weights (.., P, N)``, in physical units:
+        ``∇W = Σ p_i ∇W_i``, ``∇²W = Σ p_i ∇²W_i - ρ (Σ p_i ∇W_i ∇W_iᵀ - ∇W ∇Wᵀ)``.
+        """
+        if not self.ensemble_shape:
+            p0 = next(self.parameters())
+            x = as_float64_tensor(x, self.n_inputs, device=p0.device).to(p0.dtype)
+        rho = self.rho()
+        modes = self.modes.derivatives(self._normalize(x), hessian=hessian)
+        r = rho[..., None, None]
+        logits = self._log_gates().unsqueeze(-1) - r * modes.energy  # (.., N, P)
+        energy = -torch.logsumexp(logits, dim=-2) / rho.unsqueeze(-1)
+        p = torch.softmax(logits, dim=-2)  # (.., N, P)
+        grad = torch.einsum("...np,...npd->...pd", p, modes.gradient)
+        hess = None
+        if hessian:
+            second = torch.einsum("...np,...npd,...npe->...pde", p, modes.gradient, modes.gradient)
+            hess = torch.einsum("...np,...npde->...pde", p, modes.hessian) - rho[
+                ..., None, None, None
+            ] * (second - grad.unsqueeze(-1) * grad.unsqueeze(-2))
+        # Back to physical units.
+        es, inv = self.energy_scale, 1.0 / self.input_scale
+        energy = es * energy + self.energy_shift
+        grad = es * grad * inv
+        if hess is not None:
+            hess = es * hess * inv.unsqueeze(-1) * inv
+        return EnergyDerivatives(energy, grad, hess, p.transpose(-1, -2))
+
+    # ----------------------------------------------------------------- model files
+    def architecture(self) -> dict:
+        """What ``from_architecture`` needs to rebuild this (single) model."""
+        if self.ensemble_shape:
+            raise ValueError("save one ensemble member at a time: model.member(i).")
+        return {
+            "n_inputs": self.n_inputs,
+            "n_modes": self.n_modes,
+            "hidden": list(self.modes.hidden),
+            "input_names": list(self.input_names),
+            "dtype": str(self.gate_weights.dtype).removeprefix("torch."),
+        }
+
+    @classmethod
+    def from_architecture(cls, arch: dict) -> LSEICNN:
+        return cls(
+            int(arch["n_inputs"]),
+            int(arch["n_modes"]),
+            tuple(int(h) for h in arch["hidden"]),
+            input_names=arch["input_names"],
+            dtype=getattr(torch, arch.get("dtype", "float64")),
+        )
+
+    @property
+    def training_box(self) -> dict[str, tuple[float, float]] | None:
+        """Input name -> (low, high) of the training data, from the model card (None if unknown)."""
+        box = getattr(self, "card", {}).get("training_box")
+        return None if box is None else {k: (float(v[0]), float(v[1])) for k, v in box.items()}
+
+    # ----------------------------------------------------------------- ensembles
+    def member(self, index: int) -> LSEICNN:
+        """A single model (no ensemble dimension) copied from ensemble member ``index``."""
+        if not self.ensemble_shape:
+            raise ValueError("member() needs an ensemble model; this model is a single one.")
+        single = LSEICNN(
+            self.n_inputs,
+            self.n_modes,
+            self.modes.hidden,
+            input_names=self.input_names,
+            dtype=self.gate_weights.dtype,
+        ).to(self.gate_weights.device)
+        state = {
+            k: (v[index] if k not in self._buffers else v) for k, v in self.state_dict().items()
+        }
+        single.load_state_dict(state)
+        return single
