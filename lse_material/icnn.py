@@ -91,6 +91,29 @@ class ICNNStack(nn.Module):
         self.out_x = randn(d, std=0.1 * d**-0.5)
         self.out_bias = nn.Parameter(torch.zeros(*lead, dtype=dtype))
 
+    @torch.no_grad()
+    def center_on(self, centers: torch.Tensor) -> None:
+        """Shift the biases so that every pre-activation of mode i vanishes at ``centers[.., i, :]``.
+
+        centers: ``(*ensemble, N, d)`` in network (normalised) units. Each mode then starts as a
+        convex bowl around its own centre, so the modes start spread over the data rather than
+        all on top of each other [ours].
+        """
+        if centers.shape != (*self.ensemble_shape, self.n_modes, self.n_inputs):
+            raise ValueError(
+                f"centers must have shape {(*self.ensemble_shape, self.n_modes, self.n_inputs)}, "
+                f"got {tuple(centers.shape)}."
+            )
+        z_at_center = None
+        for k, (A, b) in enumerate(zip(self.x_weights, self.biases)):
+            shift = torch.einsum("...nhd,...nd->...nh", A, centers)
+            if k > 0:
+                shift = shift + torch.einsum(
+                    "...noi,...ni->...no", self.z_weights()[k - 1], z_at_center
+                )
+            b.copy_(-shift)
+            z_at_center = torch.full_like(b, torch.log(torch.tensor(2.0)).item())  # softplus(0)
+
     def z_weights(self) -> list[torch.Tensor]:
         """The non-negative hidden-to-hidden weights ``B_k``, each ``(*ensemble, N, out, in)``."""
         return [F.softplus(raw) for raw in self.z_weights_raw]

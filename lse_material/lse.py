@@ -30,6 +30,11 @@ def gate(w: torch.Tensor) -> torch.Tensor:
     return 2 * torch.sigmoid(w.abs()) - 1
 
 
+def _take(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Row ``index[..]`` of ``x (.., P, d)`` -> ``(.., 1, d)``."""
+    return torch.take_along_dim(x, index[..., None, None], dim=-2)
+
+
 class LSEICNN(nn.Module):
     """Log-sum-exp mixture of ``n_modes`` ICNNs.
 
@@ -123,6 +128,27 @@ class LSEICNN(nn.Module):
             ):
                 raise ValueError(f"{name} must be finite (and positive for scales); got {value}.")
             buf.copy_(t)
+
+    @torch.no_grad()
+    def spread_modes(self, x: torch.Tensor) -> None:
+        """Start each mode as a bowl centred on a different data point [ours].
+
+        x: data in physical units, ``(P, d)`` or ``(*ensemble, P, d)``. The centres are chosen by
+        farthest-point sampling (the first point is the one closest to the data mean), so
+        ``N`` modes cover the data evenly.
+        """
+        xn = self._normalize(x)
+        if xn.ndim == 2 and self.ensemble_shape:
+            xn = xn.expand(*self.ensemble_shape, *xn.shape)
+        first = (xn - xn.mean(-2, keepdim=True)).norm(dim=-1).argmin(-1)  # (*ensemble,)
+        idx = [first]
+        dist = (xn - _take(xn, first)).norm(dim=-1)
+        for _ in range(1, self.n_modes):
+            nxt = dist.argmax(-1)
+            idx.append(nxt)
+            dist = torch.minimum(dist, (xn - _take(xn, nxt)).norm(dim=-1))
+        centers = torch.stack([_take(xn, i).squeeze(-2) for i in idx], dim=-2)  # (.., N, d)
+        self.modes.center_on(centers)
 
     def _log_gates(self) -> torch.Tensor:
         """log g(w) with exact -inf for closed gates (their modes drop out exactly)."""
