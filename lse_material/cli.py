@@ -16,8 +16,6 @@ import sys
 # Modules that contribute verbs, in the order they appear in --help.
 VERB_MODULES = [
     "training.one_d",
-    "lse_material.modelcard",
-    "training.demo",
 ]
 GROUPS = {
     "train": "train a model from one of the data models",

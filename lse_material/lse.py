@@ -1,6 +1,6 @@
 """The LSE-ICNN: a gated log-sum-exp (smooth minimum) of convex modes (SPEC §1).
 
-    W(x) = -(1/ρ) log Σ_i g(w_i) exp(-ρ W_i(x)),   g(w) = 2·sigmoid(|w|) - 1,   ρ = softplus(ρ̃)
+    W(x) = -(1/ρ) log Σ_i g(w_i) exp(-ρ W_i(x)),   g(w) = 2·sigmoid(|w|) - 1,   ρ = exp(ρ̃)
 
 evaluated stably as ``-(1/ρ)·logsumexp(log g(w) - ρ W_modes)``. A gate exactly at zero
 (``w_i = 0``) removes its mode exactly. Inputs and energy are normalised inside the model:
@@ -79,8 +79,9 @@ class LSEICNN(nn.Module):
         self.gate_weights = nn.Parameter(
             torch.full((*lead, n_modes), float(gate_weight), dtype=dtype)
         )
-        rho_raw = rho + math.log(-math.expm1(-rho))  # inverse softplus
-        self.rho_raw = nn.Parameter(torch.full(lead, rho_raw, dtype=dtype))
+        # ρ = exp(ρ̃): positive, and Adam's bounded steps change it by a relative amount, so it
+        # can travel from 1 to 100 as easily as from 0.1 to 1 [ours; SPEC suggests softplus].
+        self.rho_raw = nn.Parameter(torch.full(lead, math.log(rho), dtype=dtype))
         self.register_buffer("input_shift", torch.zeros(n_inputs, dtype=dtype))
         self.register_buffer("input_scale", torch.ones(n_inputs, dtype=dtype))
         self.register_buffer("energy_shift", torch.zeros((), dtype=dtype))
@@ -101,7 +102,7 @@ class LSEICNN(nn.Module):
 
     def rho(self) -> torch.Tensor:
         """ρ > 0 (in normalised energy units), shape ``ensemble_shape``."""
-        return F.softplus(self.rho_raw)
+        return torch.exp(self.rho_raw)
 
     def gates(self) -> torch.Tensor:
         """g(w), ``(*ensemble, N)``."""

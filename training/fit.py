@@ -16,18 +16,28 @@ one batched pass (the members share no parameters and Adam is per coordinate).
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from tqdm import tqdm
 
-from lse_material.lse import LSEICNN
+from lse_material.lse import LSEICNN, gate
 
-__all__ = ["FitOptions", "FitResult", "fit", "resolve_device"]
+__all__ = [
+    "EliminationResult",
+    "FitOptions",
+    "FitResult",
+    "fit",
+    "fold_gates",
+    "prune_by_elimination",
+    "resolve_device",
+]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -207,3 +217,90 @@ def _save_checkpoint(path, model, optimizer, epoch: int, result: FitResult) -> N
 def mean_squared(residual: torch.Tensor, dims: int) -> torch.Tensor:
     """Mean of ``residual²`` over its last ``dims`` dimensions (per ensemble member)."""
     return residual.pow(2).mean(dim=tuple(range(-dims, 0)))
+
+
+class EliminationResult(NamedTuple):
+    """Per-member count of modes removed, and the number of rounds run."""
+
+    removed: list[int]
+    rounds: int
+
+
+def prune_by_elimination(
+    model: torch.nn.Module,
+    loss_fn: Callable[[], torch.Tensor],
+    x: torch.Tensor,
+    *,
+    finetune: FitOptions,
+    accept: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    lse: LSEICNN | None = None,
+    max_rounds: int | None = None,
+) -> EliminationResult:
+    """Greedy backward elimination of modes, batched over the ensemble [ours].
+
+    L1 on the gates alone over-counts wells: a gate and its mode's bias enter W only through
+    ``W_i - log(g_i)/ρ``, and duplicate modes in one well share its weight. Each round, every
+    member with two or more active modes closes the gate of its least used mode (smallest
+    mean phase weight over ``x``), all members fine-tune together (``finetune``, no L1), and
+    a member keeps the removal only if ``accept(loss_before, loss_after)`` (per member, bool)
+    holds; otherwise its parameters are restored exactly and that mode is marked as needed
+    (the next round tries the member's next least used mode).
+
+    x: the data inputs ``(P, d)`` or ``(*ensemble, P, d)`` (physical units).
+    """
+    lse = model if lse is None else lse
+    n_members = lse.ensemble_shape[0] if lse.ensemble_shape else 1
+    needed = torch.zeros(n_members, lse.n_modes, dtype=torch.bool)  # tried and kept
+    removed = [0] * n_members
+    rounds = 0
+    for rounds in range(1, (max_rounds or 2 * lse.n_modes) + 1):
+        with torch.no_grad():
+            before = loss_fn().reshape(n_members).detach().clone()
+            gates = lse.gate_weights.reshape(n_members, lse.n_modes)
+            usage = lse.phase_weights(x).reshape(n_members, -1, lse.n_modes).mean(-2)
+            usage = usage.masked_fill((gates == 0) | needed, math.inf)
+            trying = torch.isfinite(usage).any(-1) & ((gates != 0).sum(-1) >= 2)
+            if not bool(trying.any()):
+                break
+            snapshot = {k: v.clone() for k, v in model.state_dict().items()}
+            candidate = usage.argmin(-1)
+            rows = torch.nonzero(trying).flatten()
+            gates[rows, candidate[rows]] = 0.0
+        fit(model, loss_fn, finetune, lse=lse, description=f"eliminate {rounds}")
+        with torch.no_grad():
+            after = loss_fn().reshape(n_members)
+            keep = trying & accept(before, after)
+            _restore_members(model, snapshot, ~keep, n_members)
+            rejected = torch.nonzero(trying & ~keep).flatten()
+            needed[rejected, candidate[rejected]] = True
+            for i in torch.nonzero(keep).flatten().tolist():
+                removed[i] += 1
+    return EliminationResult(removed, rounds)
+
+
+def _restore_members(model, snapshot, members: torch.Tensor, n_members: int) -> None:
+    """Copy ``snapshot`` back into ``model`` for the ensemble members where ``members`` is True."""
+    if not bool(members.any()):
+        return
+    for key, value in model.state_dict().items():
+        if value.ndim and value.shape[0] == n_members and n_members > 1:
+            value[members] = snapshot[key][members]
+        elif n_members == 1:
+            value.copy_(snapshot[key])
+
+
+@torch.no_grad()
+def fold_gates(lse: LSEICNN, gate_weight: float = 1.0) -> None:
+    """Reset every open gate to ``g(gate_weight)`` and shift its mode's bias to compensate.
+
+    ``W`` depends on a gate only through ``W_i - log(g_i)/ρ``, so this leaves the function
+    exactly unchanged (an identity reparametrisation) and undoes the slow drift of the gates
+    of kept modes under L1. Closed gates stay exactly zero.
+    """
+    w = lse.gate_weights
+    g = lse.gates()
+    target = gate(torch.tensor(gate_weight, dtype=w.dtype))
+    rho = lse.rho().unsqueeze(-1)
+    shift = torch.where(g > 0, (torch.log(target) - torch.log(g.clamp_min(1e-300))) / rho, 0.0)
+    lse.modes.out_bias.add_(shift)
+    w.copy_(torch.where(g > 0, torch.full_like(w, gate_weight), torch.zeros_like(w)))

@@ -1,0 +1,341 @@
+"""The 1-D well-discovery study (SPEC §2): ``lse-material fit-1d`` and ``lse-material bench fit-1d``.
+
+All functions × seeds train as ONE ensemble model (a leading batch dimension), so a study is
+one batched forward per epoch. Protocol [ours] (SPEC §2 leaves it open):
+
+1. modes start as bowls centred on spread data points (``LSEICNN.spread_modes``), ρ = exp(ρ̃)
+   starting at 1, gates at w = 1;
+2. fit with Adam (both groups lr 1e-2), proximal L1 λ = 1e-4 after a 50 % warm-up;
+3. fold the gates (an exact reparametrisation) and run a batched greedy backward elimination:
+   close the least used mode, fine-tune, keep the removal if the RMSE stays within
+   ``tolerance`` (fraction of the function's range) or within 10 % of the RMSE before;
+4. polish without L1. The well count is the paper's: gates with g(w) > 1e-3.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+
+import lse_material
+from lse_material.lse import LSEICNN
+from training.data.one_d import DOMAIN, FUNCTIONS, sample
+from training.fit import (
+    FitOptions,
+    FitResult,
+    fit,
+    fold_gates,
+    prune_by_elimination,
+    resolve_device,
+)
+
+__all__ = ["OneDStudy", "fit_1d", "bench_fit_1d", "register"]
+
+N_TRAIN, N_EVAL, N_MODES, HIDDEN = 200, 200, 10, (10, 10)  # SPEC §2 [paper]
+
+
+class OneDStudy(NamedTuple):
+    """Result of ``fit_1d``: the summary dict (also written as summary.json) and the models."""
+
+    summary: dict
+    models: dict[str, LSEICNN]
+
+
+def _write_json(path: Path, data) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def _ensemble_data(names: list[str], seeds: int):
+    """x (M, 200, 1) and normalised targets (M, 200) for M = len(names)·seeds members."""
+    xs, ys = [], []
+    for name in names:
+        for seed in range(seeds):
+            x, y = sample(name, N_TRAIN, generator=torch.Generator().manual_seed(1000 + seed))
+            xs.append(x)
+            ys.append(y)
+    return torch.stack(xs), torch.stack(ys)
+
+
+def fit_1d(
+    *,
+    out: str | Path,
+    function: str = "all",
+    seeds: int = 10,
+    epochs: int = 20000,
+    finetune_epochs: int = 1000,
+    polish_epochs: int = 2000,
+    tolerance: float = 0.009,
+    device: str = "auto",
+    threads: int = 0,
+    plots: bool = True,
+) -> OneDStudy:
+    """Run the 1-D study and write ``out/summary.json``, figures and the best model per function.
+
+    Args:
+        out: output folder. function: quartic | cosine | minmix | all. seeds: seeds per function.
+        epochs: fit-phase epochs (the elimination and polish phases add theirs; all are
+            recorded in the summary). tolerance: RMSE (fraction of the range) a mode removal
+            may reach. device: auto | cpu | cuda. threads: torch CPU threads (0: leave as is).
+    """
+    names = sorted(FUNCTIONS) if function == "all" else [function]
+    if any(n not in FUNCTIONS for n in names):
+        raise ValueError(f"function must be one of {sorted(FUNCTIONS)} or 'all'; got {function!r}.")
+    if seeds < 1 or epochs < 1:
+        raise ValueError(f"seeds and epochs must be >= 1; got seeds={seeds}, epochs={epochs}.")
+    if threads:
+        torch.set_num_threads(threads)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = resolve_device(device)
+    t0 = time.perf_counter()
+
+    x, y = _ensemble_data(names, seeds)
+    low = y.min(-1, keepdim=True).values
+    span = y.max(-1, keepdim=True).values - low
+    x, y_n = x.to(dev), ((y - low) / span).to(dev)  # each member fits f normalised to [0, 1]
+    x_n = x / DOMAIN[1]
+    members = len(names) * seeds
+    model = LSEICNN(
+        1, N_MODES, HIDDEN, ensemble=members, rho=1.0, generator=torch.Generator().manual_seed(0)
+    )
+    model = model.to(dev)
+    model.spread_modes(x_n)
+
+    def data_loss():
+        return (model(x_n) - y_n).pow(2).mean(-1)
+
+    fit_options = FitOptions(
+        epochs=epochs,
+        lr_network=1e-2,
+        lr_gates=1e-2,
+        l1=1e-4,
+        sparsify_after=0.5,
+        ramp=0.2,
+        log_every=max(epochs // 200, 1),
+    )
+    history = fit(model, data_loss, fit_options, description="fit-1d")
+    fold_gates(model)
+    finetune = FitOptions(
+        epochs=finetune_epochs,
+        lr_network=1e-2,
+        lr_gates=1e-2,
+        l1=0.0,
+        progress=False,
+        log_every=finetune_epochs,
+    )
+    elimination = prune_by_elimination(
+        model,
+        data_loss,
+        x_n,
+        finetune=finetune,
+        accept=lambda before, after: (after.sqrt() <= tolerance) | (after <= 1.21 * before),
+    )
+    polish = FitOptions(
+        epochs=polish_epochs,
+        lr_network=3e-3,
+        lr_gates=1e-2,
+        l1=0.0,
+        log_every=max(polish_epochs // 20, 1),
+    )
+    polish_history = fit(model, data_loss, polish, description="polish")
+    seconds = time.perf_counter() - t0
+
+    # Evaluate on the 200-point grid, in the function's own units.
+    grid = torch.linspace(*DOMAIN, N_EVAL, dtype=torch.float64, device=dev)[:, None]
+    with torch.no_grad():
+        pred = model(grid / DOMAIN[1]) * span + low  # (M, 200)
+    active = model.active_modes().cpu()
+    summary = {
+        "seeds": seeds,
+        "epochs": epochs,
+        "seconds": seconds,
+        "epochs_total": epochs + elimination.rounds * finetune_epochs + polish_epochs,
+        "protocol": {
+            "fit_epochs": epochs,
+            "elimination_rounds": elimination.rounds,
+            "finetune_epochs": finetune_epochs,
+            "polish_epochs": polish_epochs,
+            "tolerance": tolerance,
+            "l1": fit_options.l1,
+            "rho_start": 1.0,
+            "lr_network": 1e-2,
+            "lr_gates": 1e-2,
+            "device": str(dev),
+        },
+        "functions": {},
+    }
+    models = {}
+    for i, name in enumerate(names):
+        rows = slice(i * seeds, (i + 1) * seeds)
+        truth = FUNCTIONS[name].f(grid[:, 0])
+        value_range = float(truth.max() - truth.min())
+        rmse = ((pred[rows] - truth).pow(2).mean(-1).sqrt() / value_range).cpu()
+        counts = active[rows].tolist()
+        wells = len(FUNCTIONS[name].wells)
+        correct = [c == wells for c in counts]
+        best = min(range(seeds), key=lambda s: (not correct[s], float(rmse[s])))
+        summary["functions"][name] = {
+            "wells_true": wells,
+            "active_modes": counts,
+            "seeds_correct": sum(correct),
+            "rmse": float(rmse[best]) * value_range,
+            "rmse_relative": rmse.tolist(),
+            "rmse_relative_max": float(rmse.max()),
+            "range": value_range,
+            "best_seed": best,
+            "rho": model.rho()[rows].tolist(),
+        }
+        single = model.member(i * seeds + best).cpu()
+        single.input_names = ("x",)
+        single.set_normalization(
+            input_shift=0.0,
+            input_scale=DOMAIN[1],
+            energy_shift=float(low[i * seeds + best]),
+            energy_scale=float(span[i * seeds + best]),
+        )
+        lse_material.save(
+            single,
+            out / f"{name}.safetensors",
+            training_box={"x": list(DOMAIN)},
+            output={"name": f"{name}(x)", "units": "1"},
+            input_units=["1"],
+            training={"study": "fit-1d", "seed": best, "rmse": float(rmse[best]) * value_range},
+        )
+        models[name] = single
+    _write_json(out / "summary.json", summary)
+    _write_json(
+        out / "history.json",
+        {
+            "names": names,
+            "seeds": seeds,
+            "fit": history.__dict__,
+            "polish": polish_history.__dict__,
+            "elimination_removed": elimination.removed,
+        },
+    )
+    if plots:
+        _plots(out, names, seeds, history, polish_history, grid.cpu(), pred.cpu())
+    return OneDStudy(summary, models)
+
+
+def _plots(out: Path, names, seeds, history: FitResult, polish: FitResult, grid, pred) -> None:
+    """SPEC §2 figures: active modes and loss vs epoch (all seeds + median), fits, ρ and gates."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = torch.tensor(history.epoch)
+    loss = torch.tensor(history.loss)  # (T, M)
+    active = torch.tensor(history.active_modes, dtype=torch.float64)
+    rho = torch.tensor(history.rho)
+    gates = torch.tensor(history.gates)  # (T, M, N)
+    fig, axes = plt.subplots(2, len(names), figsize=(4.5 * len(names), 6), squeeze=False)
+    for i, name in enumerate(names):
+        rows = slice(i * seeds, (i + 1) * seeds)
+        for ax, series, label in (
+            (axes[0, i], active[:, rows], "active modes"),
+            (axes[1, i], loss[:, rows], "loss"),
+        ):
+            ax.plot(epochs, series, color="0.7", lw=0.8)
+            ax.plot(epochs, series.median(dim=1).values, color="k", lw=2, label="median")
+            ax.set_xlabel("epoch (fit phase)")
+            ax.set_ylabel(label)
+            ax.set_title(name)
+        axes[1, i].set_yscale("log")
+        axes[0, i].axhline(len(FUNCTIONS[name].wells), color="tab:red", ls="--", label="true wells")
+        axes[0, i].legend()
+    fig.tight_layout()
+    fig.savefig(out / "history_active_loss.png", dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.6), squeeze=False)
+    for i, name in enumerate(names):
+        ax = axes[0, i]
+        ax.plot(grid[:, 0], FUNCTIONS[name].f(grid[:, 0]), "k", lw=2.5, label="truth")
+        for s in range(seeds):
+            ax.plot(grid[:, 0], pred[i * seeds + s], lw=0.9, alpha=0.8)
+        ax.set_title(f"{name}: fits of {seeds} seeds")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "fits.png", dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(2, len(names), figsize=(4.5 * len(names), 6), squeeze=False)
+    for i, name in enumerate(names):
+        rows = slice(i * seeds, (i + 1) * seeds)
+        axes[0, i].semilogy(epochs, rho[:, rows])
+        axes[0, i].set_title(f"{name}: ρ per seed")
+        axes[1, i].plot(epochs, gates[:, i * seeds])  # the first seed's gates
+        axes[1, i].set_title(f"{name}: gates g(w), seed 0")
+        axes[1, i].set_xlabel("epoch (fit phase)")
+    fig.tight_layout()
+    fig.savefig(out / "rho_gates.png", dpi=110)
+    plt.close(fig)
+
+
+def bench_fit_1d(*, out: str | Path, epochs: int = 100, seeds: int = 10, threads: int = 0) -> dict:
+    """Time per epoch: one seed at a time (eager, modes batched) vs all seeds × functions batched.
+
+    Writes ``out/summary.json`` with the raw times and ``speedup_batched_vs_sequential``.
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = sorted(FUNCTIONS)
+    x, y = _ensemble_data(names, seeds)
+    y = (y - y.min(-1, keepdim=True).values) / (
+        y.max(-1, keepdim=True).values - y.min(-1, keepdim=True).values
+    )
+    options = FitOptions(
+        epochs=epochs,
+        lr_network=1e-2,
+        l1=1e-4,
+        sparsify_after=0.5,
+        progress=False,
+        log_every=epochs,
+    )
+
+    def run(model, xb, yb):
+        return fit(model, lambda: (model(xb) - yb).pow(2).mean(-1), options).seconds
+
+    t_seq = sum(run(LSEICNN(1, N_MODES, HIDDEN), x[m] / 2, y[m]) for m in range(x.shape[0]))
+    t_batch = run(LSEICNN(1, N_MODES, HIDDEN, ensemble=x.shape[0]), x / 2, y)
+    result = {
+        "epochs": epochs,
+        "members": x.shape[0],
+        "threads": torch.get_num_threads(),
+        "sequential_ms_per_epoch": 1e3 * t_seq / epochs,
+        "batched_ms_per_epoch": 1e3 * t_batch / epochs,
+        "speedup_batched_vs_sequential": t_seq / t_batch,
+    }
+    _write_json(out / "summary.json", result)
+    return result
+
+
+def register(groups) -> None:
+    p = groups["top"].add_parser("fit-1d", help="the 1-D well-discovery study (SPEC §2)")
+    p.add_argument("--function", default="all", choices=[*sorted(FUNCTIONS), "all"])
+    p.add_argument("--seeds", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=20000, help="fit-phase epochs (default 20000)")
+    p.add_argument("--finetune-epochs", type=int, default=1000)
+    p.add_argument("--polish-epochs", type=int, default=2000)
+    p.add_argument("--tolerance", type=float, default=0.009)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=fit_1d)
+    b = groups["bench"].add_parser("fit-1d", help="batched seed ensemble vs one seed at a time")
+    b.add_argument("--epochs", type=int, default=100)
+    b.add_argument("--seeds", type=int, default=10)
+    b.add_argument("--threads", type=int, default=0)
+    b.add_argument("--out", required=True)
+    b.set_defaults(func=bench_fit_1d)
