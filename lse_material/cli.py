@@ -16,6 +16,7 @@ import sys
 # Modules that contribute verbs, in the order they appear in --help.
 VERB_MODULES = [
     "training.one_d",
+    "lse_material.modelcard",
 ]
 GROUPS = {
     "train": "train a model from one of the data models",

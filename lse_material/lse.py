@@ -14,7 +14,6 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lse_material.icnn import ICNNStack

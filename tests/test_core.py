@@ -1,0 +1,142 @@
+"""Physics properties of the ICNN modes and the LSE-ICNN mixture (SPEC §1)."""
+
+import math
+
+import pytest
+import torch
+
+from lse_material import LSEICNN, ICNNStack
+from tests.conftest import EPS, autograd_derivatives
+
+
+def random_model(d=3, n=4, hidden=(8, 6), rho=2.0, **kw):
+    model = LSEICNN(d, n, hidden, rho=rho, generator=torch.Generator().manual_seed(1), **kw)
+    with torch.no_grad():
+        model.gate_weights.copy_(torch.linspace(0.3, 2.0, n))
+    return model
+
+
+def test_every_mode_is_convex_along_random_lines():
+    stack = ICNNStack(4, 5, (10, 10), generator=torch.Generator().manual_seed(2))
+    g = torch.Generator().manual_seed(3)
+    for _ in range(20):
+        a, b = torch.randn(2, 4, generator=g, dtype=torch.float64) * 3
+        t = torch.linspace(0, 1, 101, dtype=torch.float64)[:, None]
+        w = stack((1 - t) * a + t * b).detach()  # (N, 101)
+        second_difference = w[:, :-2] - 2 * w[:, 1:-1] + w[:, 2:]
+        assert bool((second_difference >= -1e3 * EPS * w.abs().max()).all())
+
+
+def test_mode_hessians_are_positive_semidefinite():
+    stack = ICNNStack(3, 4, (8, 8), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        h = stack.derivatives(torch.randn(50, 3, dtype=torch.float64) * 2).hessian
+    assert float(torch.linalg.eigvalsh(h).min()) >= -1e-12
+
+
+def test_lse_bounds_and_limit_of_large_rho():
+    model = random_model()
+    x = torch.randn(64, 3, dtype=torch.float64)
+    with torch.no_grad():
+        modes = model.modes(x)
+        effective = (
+            modes - torch.log(model.gates()).unsqueeze(-1) / model.rho()
+        )  # raised wells (eq. 4)
+        lower = effective.min(0).values - math.log(model.n_modes) / model.rho()
+        w = model(x)
+        assert bool((w <= effective.min(0).values + 1e-12).all()) and bool(
+            (w >= lower - 1e-12).all()
+        )
+        gaps = []
+        for rho in (1.0, 10.0, 100.0, 1000.0):
+            model.rho_raw.fill_(math.log(rho))
+            effective = modes - torch.log(model.gates()).unsqueeze(-1) / rho
+            gaps.append(float((effective.min(0).values - model(x)).max()))
+    assert all(b < a for a, b in zip(gaps, gaps[1:], strict=False)) and gaps[-1] < 1e-2
+
+
+@pytest.mark.parametrize("ensemble", [None, 3])
+def test_one_call_derivatives_equal_autograd(ensemble):
+    model = random_model(ensemble=ensemble)
+    model.set_normalization(
+        input_shift=[0.1, -0.2, 0.3],
+        input_scale=[2.0, 0.5, 1.5],
+        energy_shift=1.0,
+        energy_scale=3.0,
+    )
+    x = torch.randn(40, 3, dtype=torch.float64)
+    d = model.derivatives(x)
+    members = [model.member(i) for i in range(ensemble)] if ensemble else [model]
+    for i, m in enumerate(members):
+        energy, grad, hess = autograd_derivatives(m, x)
+        sel = (lambda t, i=i: t[i]) if ensemble else (lambda t: t)
+        assert torch.allclose(sel(d.energy), energy, rtol=1e-12, atol=0)
+        assert float((sel(d.gradient) - grad).abs().max() / grad.abs().max()) < 1e-12
+        assert (
+            float((sel(d.hessian) - hess).abs().max() / hess.abs().max()) < 1e-10
+        )  # issue 2 figure
+
+
+def test_derivatives_match_finite_differences():
+    model = random_model()
+    x = torch.randn(10, 3, dtype=torch.float64)
+    d = model.derivatives(x)
+    h = 1e-5
+    for j in range(3):
+        e = torch.zeros(3, dtype=torch.float64)
+        e[j] = h
+        plus, minus = model.derivatives(x + e), model.derivatives(x - e)
+        fd_grad = (plus.energy - minus.energy) / (2 * h)
+        fd_hess = (plus.gradient - minus.gradient) / (2 * h)
+        assert torch.allclose(d.gradient[:, j], fd_grad, rtol=1e-7, atol=1e-8)
+        assert torch.allclose(d.hessian[:, :, j], fd_hess, rtol=1e-6, atol=1e-7)
+
+
+def test_phase_weights_sum_to_one_and_give_the_gradient():
+    model = random_model()
+    x = torch.randn(20, 3, dtype=torch.float64)
+    d = model.derivatives(x)
+    assert torch.allclose(d.phase_weights.sum(-1), torch.ones(20, dtype=torch.float64))
+    modes = model.modes.derivatives(x)
+    assert torch.allclose(d.gradient, torch.einsum("pn,npd->pd", d.phase_weights, modes.gradient))
+
+
+def test_a_closed_gate_removes_its_mode_exactly():
+    model = random_model(n=3)
+    x = torch.randn(30, 3, dtype=torch.float64)
+    with torch.no_grad():
+        model.gate_weights[1] = 0.0
+        full = model(x)
+        modes = model.modes(x)[[0, 2]]
+        log_g = torch.log(model.gates()[[0, 2]]).unsqueeze(-1)
+        rho = model.rho()
+        expected = -torch.logsumexp(log_g - rho * modes, dim=0) / rho
+    assert torch.equal(full, expected)
+    assert int(model.active_modes()) == 2
+    assert float(model.derivatives(x).phase_weights[:, 1].abs().max()) == 0.0
+
+
+def test_normalisation_round_trip():
+    model = random_model()
+    x = torch.randn(16, 3, dtype=torch.float64)
+    before = model(x).detach()
+    shift, scale = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([3.0, 0.2, 7.0])
+    model.set_normalization(
+        input_shift=shift, input_scale=scale, energy_shift=-4.0, energy_scale=2.5
+    )
+    after = model(x * scale + shift).detach()
+    assert torch.allclose(after, 2.5 * before - 4.0, rtol=1e-13, atol=1e-13)
+    with pytest.raises(ValueError, match="input_scale"):
+        model.set_normalization(input_shift=shift, input_scale=[1.0, 0.0, 1.0])
+
+
+def test_bad_inputs_raise_clear_errors():
+    model = random_model()
+    with pytest.raises(ValueError, match=r"shape \(n_points, 3\)"):
+        model.derivatives(torch.zeros(5, 2))
+    x = torch.zeros(5, 3)
+    x[2, 1] = float("nan")
+    with pytest.raises(ValueError, match="1 non-finite"):
+        model.derivatives(x)
+    with pytest.raises(ValueError, match="rho must be positive"):
+        LSEICNN(2, 2, rho=0.0)

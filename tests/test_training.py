@@ -1,0 +1,148 @@
+"""The trainer: batched ensembles, L1 proximal steps, elimination, checkpoints, the 1-D study, the CLI."""
+
+import json
+
+import pytest
+import torch
+
+from lse_material import LSEICNN
+from lse_material.cli import main
+from training.data.one_d import FUNCTIONS
+from training.fit import FitOptions, fit, fold_gates, prune_by_elimination
+from training.one_d import fit_1d
+
+
+def _quadratic_problem(ensemble=3):
+    model = LSEICNN(1, 4, (6,), ensemble=ensemble, generator=torch.Generator().manual_seed(0))
+    x = torch.linspace(-1, 1, 50, dtype=torch.float64)[:, None]
+    y = x[:, 0] ** 2
+    return model, x, lambda: (model(x) - y).pow(2).mean(-1)
+
+
+def test_ensemble_members_train_independently():
+    model, x, loss = _quadratic_problem()
+    twin = LSEICNN(1, 4, (6,), generator=torch.Generator().manual_seed(9))
+    twin.load_state_dict(
+        {k: (v[1] if v.ndim and v.shape[0] == 3 else v) for k, v in model.state_dict().items()}
+    )
+    options = FitOptions(epochs=30, progress=False, log_every=10, l1=0.0)
+    fit(model, loss, options)
+    fit(twin, lambda: (twin(x) - x[:, 0] ** 2).pow(2).mean(), options)
+    assert torch.allclose(model(x)[1], twin(x), rtol=0, atol=1e-10)
+
+
+def test_proximal_l1_gives_exact_zeros_for_unused_modes():
+    model, x, loss = _quadratic_problem(ensemble=None)
+    with torch.no_grad():
+        model.modes.out_bias[2:] += 50.0  # modes 2, 3 lie far above the data: never used
+    fit(model, loss, FitOptions(epochs=400, l1=1e-2, sparsify_after=0.0, ramp=0.0, progress=False))
+    gates = model.gates().detach()
+    assert float(gates[2]) == 0.0 and float(gates[3]) == 0.0
+
+
+def test_fold_gates_is_an_identity():
+    model, x, _ = _quadratic_problem()
+    with torch.no_grad():
+        model.gate_weights.copy_(torch.tensor([0.01, 0.5, 0.0, 3.0]))
+    before = model(x).detach()
+    fold_gates(model)
+    assert torch.allclose(model(x), before, rtol=1e-12, atol=1e-12)
+    assert model.gates()[..., 2].abs().max() == 0
+
+
+def test_rejected_elimination_restores_members_exactly():
+    model, x, loss = _quadratic_problem()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    options = FitOptions(epochs=5, l1=0.0, progress=False)
+    result = prune_by_elimination(
+        model, loss, x, finetune=options, accept=lambda b, a: torch.zeros_like(a, dtype=bool)
+    )
+    assert result.removed == [0, 0, 0]
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k]), k
+
+
+def test_checkpoint_resume_continues_the_same_run(tmp_path):
+    model, x, loss = _quadratic_problem(ensemble=None)
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    options = FitOptions(epochs=40, l1=1e-2, progress=False, checkpoint_every=10)
+    fit(model, loss, options)  # straight through
+    straight = model(x).detach()
+
+    model.load_state_dict(init)
+    calls = []
+
+    def crashing_loss():
+        calls.append(1)
+        if len(calls) == 26:
+            raise KeyboardInterrupt  # the run dies after its checkpoint at epoch 20
+        return loss()
+
+    ckpt = tmp_path / "ckpt.pt"
+    with pytest.raises(KeyboardInterrupt):
+        fit(model, crashing_loss, options, checkpoint=ckpt)
+    model.load_state_dict(init)  # a new process starts from scratch; the checkpoint restores
+    history = fit(model, loss, options, checkpoint=ckpt)
+    assert torch.allclose(model(x), straight, rtol=0, atol=1e-12)
+    assert history.epoch[-1] == 39
+
+
+def test_trainer_finds_two_wells_on_a_double_well(tmp_path):
+    study = fit_1d(
+        out=tmp_path,
+        function="quartic",
+        seeds=2,
+        epochs=4000,
+        finetune_epochs=400,
+        polish_epochs=400,
+        plots=False,
+    )
+    result = study.summary["functions"]["quartic"]
+    assert max(result["active_modes"]) >= 2 and result["seeds_correct"] >= 1, result
+    model = study.models["quartic"]
+    grid = torch.linspace(-2, 2, 401, dtype=torch.float64)[:, None]
+    energy = model.derivatives(grid, hessian=False).energy.detach()
+    interior = (energy[1:-1] < energy[:-2]) & (energy[1:-1] < energy[2:])
+    minima = grid[1:-1, 0][interior]
+    assert len(minima) == 2, minima
+    assert torch.allclose(
+        minima, torch.tensor(FUNCTIONS["quartic"].wells, dtype=torch.float64), atol=0.1
+    )
+
+
+def test_cli_fit_1d_and_inspect(tmp_path, capsys):
+    out = tmp_path / "study"
+    assert (
+        main(
+            [
+                "fit-1d",
+                "--function",
+                "minmix",
+                "--seeds",
+                "2",
+                "--epochs",
+                "60",
+                "--finetune-epochs",
+                "10",
+                "--polish-epochs",
+                "10",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary) >= {"seeds", "epochs", "seconds", "functions"}
+    assert set(summary["functions"]["minmix"]) >= {
+        "wells_true",
+        "active_modes",
+        "seeds_correct",
+        "rmse",
+        "range",
+    }
+    for png in ("history_active_loss.png", "fits.png", "rho_gates.png"):
+        assert (out / png).stat().st_size > 1000
+    assert main(["inspect", str(out / "minmix.safetensors")]) == 0
+    assert "inputs (column order)" in capsys.readouterr().out
+    assert main(["fit-1d", "--function", "quartic", "--seeds", "0", "--out", str(out)]) == 2
