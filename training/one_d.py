@@ -24,7 +24,7 @@ import torch
 
 import lse_material
 from lse_material.lse import LSEICNN
-from training.data.one_d import DOMAIN, FUNCTIONS, sample
+from training.data.one_d import FUNCTIONS, sample
 from training.fit import (
     FitOptions,
     FitResult,
@@ -53,14 +53,15 @@ def _write_json(path: Path, data) -> None:
 
 
 def _ensemble_data(names: list[str], seeds: int):
-    """x (M, 200, 1) and normalised targets (M, 200) for M = len(names)·seeds members."""
-    xs, ys = [], []
+    """x (M, 200, 1), targets (M, 200) and domain half-widths (M, 1, 1), M = len(names)·seeds."""
+    xs, ys, half = [], [], []
     for name in names:
         for seed in range(seeds):
             x, y = sample(name, N_TRAIN, generator=torch.Generator().manual_seed(1000 + seed))
             xs.append(x)
             ys.append(y)
-    return torch.stack(xs), torch.stack(ys)
+            half.append(FUNCTIONS[name].domain[1])
+    return torch.stack(xs), torch.stack(ys), torch.tensor(half, dtype=torch.float64)[:, None, None]
 
 
 def fit_1d(
@@ -96,11 +97,13 @@ def fit_1d(
     dev = resolve_device(device)
     t0 = time.perf_counter()
 
-    x, y = _ensemble_data(names, seeds)
+    x, y, half = _ensemble_data(names, seeds)
     low = y.min(-1, keepdim=True).values
     span = y.max(-1, keepdim=True).values - low
-    x, y_n = x.to(dev), ((y - low) / span).to(dev)  # each member fits f normalised to [0, 1]
-    x_n = x / DOMAIN[1]
+    x_n, y_n = (
+        (x / half).to(dev),
+        ((y - low) / span).to(dev),
+    )  # each member: x in [-1, 1], f in [0, 1]
     members = len(names) * seeds
     model = LSEICNN(
         1, N_MODES, HIDDEN, ensemble=members, rho=1.0, generator=torch.Generator().manual_seed(0)
@@ -147,10 +150,11 @@ def fit_1d(
     polish_history = fit(model, data_loss, polish, description="polish")
     seconds = time.perf_counter() - t0
 
-    # Evaluate on the 200-point grid, in the function's own units.
-    grid = torch.linspace(*DOMAIN, N_EVAL, dtype=torch.float64, device=dev)[:, None]
+    # Evaluate on each function's 200-point grid, in the function's own units.
+    unit_grid = torch.linspace(-1, 1, N_EVAL, dtype=torch.float64)[:, None]
+    grid = unit_grid * half  # (M, 200, 1)
     with torch.no_grad():
-        pred = model(grid / DOMAIN[1]) * span + low  # (M, 200)
+        pred = model(unit_grid.to(dev)).cpu() * span + low  # (M, 200)
     active = model.active_modes().cpu()
     summary = {
         "seeds": seeds,
@@ -174,7 +178,7 @@ def fit_1d(
     models = {}
     for i, name in enumerate(names):
         rows = slice(i * seeds, (i + 1) * seeds)
-        truth = FUNCTIONS[name].f(grid[:, 0])
+        truth = FUNCTIONS[name].f(grid[i * seeds, :, 0])
         value_range = float(truth.max() - truth.min())
         rmse = ((pred[rows] - truth).pow(2).mean(-1).sqrt() / value_range).cpu()
         counts = active[rows].tolist()
@@ -196,14 +200,14 @@ def fit_1d(
         single.input_names = ("x",)
         single.set_normalization(
             input_shift=0.0,
-            input_scale=DOMAIN[1],
+            input_scale=float(half[i * seeds]),
             energy_shift=float(low[i * seeds + best]),
             energy_scale=float(span[i * seeds + best]),
         )
         lse_material.save(
             single,
             out / f"{name}.safetensors",
-            training_box={"x": list(DOMAIN)},
+            training_box={"x": list(FUNCTIONS[name].domain)},
             output={"name": f"{name}(x)", "units": "1"},
             input_units=["1"],
             training={"study": "fit-1d", "seed": best, "rmse": float(rmse[best]) * value_range},
@@ -221,7 +225,7 @@ def fit_1d(
         },
     )
     if plots:
-        _plots(out, names, seeds, history, polish_history, grid.cpu(), pred.cpu())
+        _plots(out, names, seeds, history, polish_history, grid, pred)
     return OneDStudy(summary, models)
 
 
@@ -259,9 +263,10 @@ def _plots(out: Path, names, seeds, history: FitResult, polish: FitResult, grid,
     fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.6), squeeze=False)
     for i, name in enumerate(names):
         ax = axes[0, i]
-        ax.plot(grid[:, 0], FUNCTIONS[name].f(grid[:, 0]), "k", lw=2.5, label="truth")
+        xs = grid[i * seeds, :, 0]
+        ax.plot(xs, FUNCTIONS[name].f(xs), "k", lw=2.5, label="truth")
         for s in range(seeds):
-            ax.plot(grid[:, 0], pred[i * seeds + s], lw=0.9, alpha=0.8)
+            ax.plot(xs, pred[i * seeds + s], lw=0.9, alpha=0.8)
         ax.set_title(f"{name}: fits of {seeds} seeds")
         ax.legend()
     fig.tight_layout()
@@ -291,7 +296,8 @@ def bench_fit_1d(*, out: str | Path, epochs: int = 100, seeds: int = 10, threads
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     names = sorted(FUNCTIONS)
-    x, y = _ensemble_data(names, seeds)
+    x, y, half = _ensemble_data(names, seeds)
+    x = x / half
     y = (y - y.min(-1, keepdim=True).values) / (
         y.max(-1, keepdim=True).values - y.min(-1, keepdim=True).values
     )
@@ -307,8 +313,8 @@ def bench_fit_1d(*, out: str | Path, epochs: int = 100, seeds: int = 10, threads
     def run(model, xb, yb):
         return fit(model, lambda: (model(xb) - yb).pow(2).mean(-1), options).seconds
 
-    t_seq = sum(run(LSEICNN(1, N_MODES, HIDDEN), x[m] / 2, y[m]) for m in range(x.shape[0]))
-    t_batch = run(LSEICNN(1, N_MODES, HIDDEN, ensemble=x.shape[0]), x / 2, y)
+    t_seq = sum(run(LSEICNN(1, N_MODES, HIDDEN), x[m], y[m]) for m in range(x.shape[0]))
+    t_batch = run(LSEICNN(1, N_MODES, HIDDEN, ensemble=x.shape[0]), x, y)
     result = {
         "epochs": epochs,
         "members": x.shape[0],
