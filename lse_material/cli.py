@@ -17,6 +17,7 @@ import sys
 VERB_MODULES = [
     "training.one_d",
     "lse_material.modelcard",
+    "lse_material.bench",
 ]
 GROUPS = {
     "train": "train a model from one of the data models",

@@ -14,7 +14,13 @@ from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["EnergyDerivatives", "Potential", "AnalyticPotential", "as_float64_tensor"]
+__all__ = [
+    "EnergyDerivatives",
+    "Potential",
+    "AnalyticPotential",
+    "as_float64_tensor",
+    "derivatives_in_chunks",
+]
 
 
 class EnergyDerivatives(NamedTuple):
@@ -98,3 +104,21 @@ class AnalyticPotential:
                 ]
                 hess = torch.stack(rows, dim=1)
         return EnergyDerivatives(energy.detach(), gradient.detach(), hess)
+
+
+def derivatives_in_chunks(
+    potential: Potential, x: torch.Tensor, *, chunk: int = 1024, hessian: bool = True
+):
+    """``potential.derivatives`` over ``x (n_points, d)`` in chunks of ``chunk`` points, no autograd graph.
+
+    Bounds the memory of the closed-form pass (its intermediates are ``(N, chunk, h, d)``).
+    """
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}.")
+    parts = []
+    with torch.no_grad():
+        for start in range(0, x.shape[0], chunk):
+            parts.append(potential.derivatives(x[start : start + chunk], hessian=hessian))
+    return EnergyDerivatives(
+        *(None if parts[0][k] is None else torch.cat([p[k] for p in parts]) for k in range(4))
+    )
