@@ -16,6 +16,7 @@ import sys
 # Modules that contribute verbs, in the order they appear in --help.
 VERB_MODULES = [
     "training.one_d",
+    "training.mechanochemical",
     "lse_material.modelcard",
     "lse_material.bench",
 ]

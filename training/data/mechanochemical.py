@@ -1,0 +1,135 @@
+"""The mechanochemical free energy of SPEC §3 (Rudraraju, Van der Ven & Garikipati 2016).
+
+One definition of the formula (``psi_components``, arithmetic only) serves two backends:
+torch tensors (data, training, reference laws) and UFL expressions (FE reference runs), so
+the two cannot drift. Parameter values are [ours], from the source code's defaults.
+
+Input order everywhere (``INPUT_NAMES``): Voigt Lagrange strain with engineering shears,
+then the concentration: ``E11, E22, E33, 2E23, 2E13, 2E12, c``. With this order the Voigt
+second Piola–Kirchhoff stress ``[S11, S22, S33, S23, S13, S12]`` is exactly ``∂ψ/∂x[:6]``,
+``μ = ∂ψ/∂x[6]``, and the consistent tangent is the Hessian.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+
+from lse_material.potential import AnalyticPotential
+
+__all__ = [
+    "INPUT_NAMES",
+    "STRESS_NAMES",
+    "TRAINING_BOX",
+    "MechanochemicalParams",
+    "MechanochemicalData",
+    "psi_components",
+    "energy",
+    "energy_ufl",
+    "potential",
+    "stress_mu",
+    "sample",
+    "extrapolation_path",
+]
+
+INPUT_NAMES = ("E11", "E22", "E33", "2E23", "2E13", "2E12", "c")
+STRESS_NAMES = ("S11", "S22", "S33", "S23", "S13", "S12")
+STRAIN_BOUND = 0.15  # each independent E_IJ ~ U[-0.15, 0.15] [ours]
+TRAINING_BOX = {
+    **{n: (-STRAIN_BOUND, STRAIN_BOUND) for n in INPUT_NAMES[:3]},
+    **{n: (-2 * STRAIN_BOUND, 2 * STRAIN_BOUND) for n in INPUT_NAMES[3:6]},
+    "c": (0.0, 1.0),
+}
+
+
+@dataclass(frozen=True)
+class MechanochemicalParams:
+    """d_c, s_c (chemical well depth and spacing), d_e, s_e (strain well depth and size) [ours]."""
+
+    d_c: float = 1.0
+    s_c: float = 1.0
+    d_e: float = 0.1
+    s_e: float = 0.1
+
+
+def psi_components(
+    E11, E22, E33, E23, E13, E12, c, params: MechanochemicalParams = MechanochemicalParams()
+):
+    """ψ from tensor components (E23 etc. are tensor, not engineering, shears) — SPEC eq. 11.
+
+    Arithmetic only: works unchanged on torch tensors and UFL expressions.
+    """
+    p = params
+    e1 = (E11 + E22 + E33) / math.sqrt(3.0)
+    e2 = (E11 - E22) / math.sqrt(2.0)
+    e3 = (E11 + E22 - 2.0 * E33) / math.sqrt(6.0)
+    ct = c / p.s_c
+    r2 = e2 * e2 + e3 * e3
+    return (
+        16.0 * p.d_c * ct * ct * (1.0 - ct) * (1.0 - ct)
+        + (3.0 * p.d_e / (2.0 * p.s_e**4)) * r2 * r2
+        - (p.d_e / p.s_e**3) * ct * e3 * (e3 * e3 - 3.0 * e2 * e2)
+        - (3.0 * p.d_e / (2.0 * p.s_e**2)) * (2.0 * ct - 1.0) * r2
+        + (3.0 * p.d_e / (2.0 * p.s_e**2)) * (e1 * e1 + E23 * E23 + E13 * E13 + E12 * E12)
+    )
+
+
+def energy(
+    x: torch.Tensor, params: MechanochemicalParams = MechanochemicalParams()
+) -> torch.Tensor:
+    """ψ at ``x (n, 7)`` in INPUT_NAMES order -> ``(n,)``."""
+    E11, E22, E33, g23, g13, g12, c = x.unbind(-1)
+    return psi_components(E11, E22, E33, g23 / 2, g13 / 2, g12 / 2, c, params)
+
+
+def energy_ufl(E, c, params: MechanochemicalParams = MechanochemicalParams()):
+    """ψ as a UFL expression of a 3×3 UFL tensor ``E`` and a scalar ``c``."""
+    return psi_components(E[0, 0], E[1, 1], E[2, 2], E[1, 2], E[0, 2], E[0, 1], c, params)
+
+
+def potential(params: MechanochemicalParams = MechanochemicalParams()) -> AnalyticPotential:
+    """The analytic ψ behind the same interface as a trained model (the FE reference law)."""
+    return AnalyticPotential(lambda x: energy(x, params), INPUT_NAMES)
+
+
+def stress_mu(x: torch.Tensor, params: MechanochemicalParams = MechanochemicalParams()):
+    """Voigt stress ``(n, 6)`` and chemical potential ``(n,)`` at ``x (n, 7)``, by autograd."""
+    with torch.enable_grad():
+        xg = x.detach().clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(energy(xg, params).sum(), xg)
+    return grad[:, :6], grad[:, 6]
+
+
+class MechanochemicalData(NamedTuple):
+    """x ``(n, 7)`` (INPUT_NAMES), stress ``(n, 6)`` (STRESS_NAMES), mu ``(n,)``, energy ``(n,)``."""
+
+    x: torch.Tensor
+    stress: torch.Tensor
+    mu: torch.Tensor
+    energy: torch.Tensor
+
+
+def sample(
+    n: int, *, seed: int, params: MechanochemicalParams = MechanochemicalParams()
+) -> MechanochemicalData:
+    """``n`` samples: c ~ U[0, 1], each independent E_IJ ~ U[-0.15, 0.15] (SPEC §3 [ours]), float64."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}.")
+    g = torch.Generator().manual_seed(seed)
+    strain = (2 * torch.rand(n, 6, generator=g, dtype=torch.float64) - 1) * STRAIN_BOUND
+    strain[:, 3:] *= 2  # engineering shears
+    x = torch.cat([strain, torch.rand(n, 1, generator=g, dtype=torch.float64)], dim=1)
+    stress, mu = stress_mu(x, params)
+    return MechanochemicalData(x, stress, mu, energy(x, params))
+
+
+def extrapolation_path(n_points: int = 131, *, e_bar: float = 0.1, t_max: float = 1.3):
+    """SPEC eq. 16 [ours]: c(t) = t, E(t) = (t ē/√6) diag(1, 1, -2); returns t ``(n,)``, x ``(n, 7)``."""
+    t = torch.linspace(0.0, t_max, n_points, dtype=torch.float64)
+    x = torch.zeros(n_points, 7, dtype=torch.float64)
+    a = t * e_bar / math.sqrt(6.0)
+    x[:, 0], x[:, 1], x[:, 2], x[:, 6] = a, a, -2 * a, t
+    return t, x
