@@ -26,8 +26,19 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 venv: $(VENV)/.installed
 
+CLI := $(VENV)/bin/lse-material
+
+# The main job: a shortened 1-D well-discovery study, then the mechanochemical law
+# (trained once, reused when its model file exists).
 demo: venv
-	$(VENV)/bin/lse-material demo --out $(RESULTS)/demo
+	$(CLI) fit-1d --seeds 3 --epochs 6000 --finetune-epochs 500 --polish-epochs 1000 --out $(RESULTS)/fit-1d
+	@[ -f $(RESULTS)/mechanochemical/model.safetensors ] || \
+	  $(CLI) train mechanochemical --out $(RESULTS)/mechanochemical
+	$(CLI) inspect $(RESULTS)/mechanochemical/model.safetensors
+	@echo
+	@echo "Results:"
+	@echo "  1-D study:        $(RESULTS)/fit-1d/summary.json and *.png"
+	@echo "  mechanochemical:  $(RESULTS)/mechanochemical/summary.json, parity.png, extrapolation.png"
 
 test: venv
 	$(VENV)/bin/ruff check .
@@ -43,7 +54,10 @@ format: venv
 	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
 
 bench: venv
-	$(VENV)/bin/lse-material bench fit-1d --out $(RESULTS)/bench/fit-1d
+	$(CLI) bench fit-1d --out $(RESULTS)/bench/fit-1d
+	@[ -f $(RESULTS)/mechanochemical/model.safetensors ] || \
+	  $(CLI) train mechanochemical --out $(RESULTS)/mechanochemical
+	$(CLI) bench law --model $(RESULTS)/mechanochemical/model.safetensors --out $(RESULTS)/bench/law
 
 clean:
 	rm -rf $(VENV) $(RESULTS) *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,118 @@
+"""The mechanochemical data model (SPEC §3) and its derivative-only training."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from training.data import mechanochemical as mc
+from training.mechanochemical import train_mechanochemical
+
+
+def test_wells_of_the_data_model():
+    p = mc.MechanochemicalParams()
+    # At c = s_c: three tetragonal variant wells of depth -d_e at |(e2, e3)| = s_e.
+    for angle in (0.0, 2 * math.pi / 3, 4 * math.pi / 3):
+        e2, e3 = p.s_e * math.sin(angle), p.s_e * math.cos(angle)
+        E33 = -e3 * math.sqrt(6) / 3  # e1 = 0: E11 + E22 = -E33; e3 = (E11 + E22 - 2E33)/√6
+        E11 = (-E33 + e2 * math.sqrt(2)) / 2
+        E22 = -E33 - E11
+        x = torch.tensor([[E11, E22, E33, 0, 0, 0, p.s_c]], dtype=torch.float64)
+        assert float(mc.energy(x)) == pytest.approx(-p.d_e, rel=1e-10)
+        stress, _ = mc.stress_mu(x)
+        assert float(stress.abs().max()) < 1e-6
+    # At c = 0 the strain part is convex with its minimum at E = 0.
+    g = torch.Generator().manual_seed(0)
+    x = torch.zeros(200, 7, dtype=torch.float64)
+    x[:, :6] = 0.3 * (torch.rand(200, 6, generator=g, dtype=torch.float64) - 0.5)
+    hess = mc.potential().derivatives(x).hessian[:, :6, :6]
+    assert float(torch.linalg.eigvalsh(hess).min()) > 0
+    assert float(mc.energy(torch.zeros(1, 7, dtype=torch.float64))) == 0.0
+
+
+def test_stress_and_mu_match_finite_differences():
+    data = mc.sample(20, seed=1)
+    h = 1e-6
+    for j in range(7):
+        e = torch.zeros(7, dtype=torch.float64)
+        e[j] = h
+        fd = (mc.energy(data.x + e) - mc.energy(data.x - e)) / (2 * h)
+        exact = data.stress[:, j] if j < 6 else data.mu
+        assert torch.allclose(fd, exact, rtol=1e-6, atol=1e-8)
+
+
+def test_engineering_shear_convention_gives_the_symmetric_stress():
+    """S23 = ∂ψ/∂E23 of the symmetric tensor = ∂ψ/∂(2E23) of the Voigt vector."""
+    x = mc.sample(5, seed=2).x
+    stress, _ = mc.stress_mu(x)
+    E = torch.zeros(5, 3, 3, dtype=torch.float64, requires_grad=True)
+    with torch.no_grad():
+        E[:, 0, 0], E[:, 1, 1], E[:, 2, 2] = x[:, 0], x[:, 1], x[:, 2]
+        E[:, 1, 2] = E[:, 2, 1] = x[:, 3] / 2
+        E[:, 0, 2] = E[:, 2, 0] = x[:, 4] / 2
+        E[:, 0, 1] = E[:, 1, 0] = x[:, 5] / 2
+    psi = mc.psi_components(
+        E[:, 0, 0],
+        E[:, 1, 1],
+        E[:, 2, 2],
+        (E[:, 1, 2] + E[:, 2, 1]) / 2,
+        (E[:, 0, 2] + E[:, 2, 0]) / 2,
+        (E[:, 0, 1] + E[:, 1, 0]) / 2,
+        x[:, 6],
+    )
+    (dE,) = torch.autograd.grad(psi.sum(), E)
+    sym = (dE + dE.transpose(1, 2)) / 2
+    assert torch.allclose(stress[:, 3], sym[:, 1, 2]) and torch.allclose(stress[:, 5], sym[:, 0, 1])
+
+
+def test_sampling_box_and_extrapolation_path():
+    data = mc.sample(500, seed=3)
+    for j, name in enumerate(mc.INPUT_NAMES):
+        lo, hi = mc.TRAINING_BOX[name]
+        assert float(data.x[:, j].min()) >= lo and float(data.x[:, j].max()) <= hi
+    t, x = mc.extrapolation_path()
+    e3 = (x[:, 0] + x[:, 1] - 2 * x[:, 2]) / math.sqrt(6)
+    assert (
+        torch.allclose(e3, 0.1 * t)
+        and torch.allclose(x[:, 6], t)
+        and float(t.max()) == pytest.approx(1.3)
+    )
+    with pytest.raises(ValueError, match="n must be"):
+        mc.sample(0, seed=0)
+
+
+@pytest.mark.fem
+def test_ufl_backend_equals_torch_backend():
+    import dolfinx_solver  # noqa: F401  (before dolfinx)
+
+    import dolfinx
+    import ufl
+    from mpi4py import MPI
+
+    mesh = dolfinx.mesh.create_unit_square(MPI.COMM_SELF, 1, 1)
+    dx = ufl.dx(domain=mesh, metadata={"quadrature_degree": 0})
+    for row in mc.sample(4, seed=4).x:
+        v = [float(a) for a in row]
+        E = ufl.as_matrix(
+            [[v[0], v[5] / 2, v[4] / 2], [v[5] / 2, v[1], v[3] / 2], [v[4] / 2, v[3] / 2, v[2]]]
+        )
+        value = dolfinx.fem.assemble_scalar(dolfinx.fem.form(mc.energy_ufl(E, v[6]) * dx))
+        assert value == pytest.approx(float(mc.energy(row[None])), rel=1e-12, abs=1e-14)
+
+
+def test_training_writes_model_and_summary(tmp_path):
+    result = train_mechanochemical(out=tmp_path, samples=200, epochs=800, plots=True)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert set(summary["test_r2"]) == {"S", "mu", "psi"}
+    assert set(summary["extrapolation_rel_error"]) == {"S", "mu"}
+    assert min(summary["test_r2"].values()) > 0.7, summary["test_r2"]
+    assert 1 <= summary["active_modes"] <= 5
+    for png in ("parity.png", "extrapolation.png"):
+        assert (tmp_path / png).stat().st_size > 1000
+    import lse_material
+
+    law = lse_material.load(tmp_path / "model.safetensors")
+    assert law.input_names == mc.INPUT_NAMES
+    x = mc.sample(10, seed=9).x
+    assert torch.allclose(law.derivatives(x).gradient, result.model.derivatives(x).gradient)
