@@ -49,7 +49,7 @@ def train_mechanochemical(
     *,
     out: str | Path,
     samples: int = 1000,
-    epochs: int = 6000,
+    epochs: int = 10000,
     seed: int = 0,
     device: str = "auto",
     threads: int = 0,
@@ -234,7 +234,7 @@ def register(groups) -> None:
     )
     p.add_argument("--out", required=True)
     p.add_argument("--samples", type=int, default=1000)
-    p.add_argument("--epochs", type=int, default=6000)
+    p.add_argument("--epochs", type=int, default=10000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0)
