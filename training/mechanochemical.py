@@ -162,10 +162,7 @@ def train_mechanochemical(
         "test": samples - n_train,
         "final_loss": history.loss[-1],
     }
-    box = {
-        name: [float(lo), float(hi)]
-        for name, lo, hi in zip(mc.INPUT_NAMES, low.cpu(), high.cpu(), strict=True)
-    }
+    box = {name: list(bounds) for name, bounds in mc.TRAINING_BOX.items()}  # the sampling box
     lse_material.save(
         model,
         out / "model.safetensors",
