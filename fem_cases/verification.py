@@ -161,3 +161,80 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def bench_bvp(
+    *, model: str, out: str, mesh: int = 48, stretch: float = 0.1, threads: int = 1
+) -> dict:
+    """Time per Newton iteration of the verification block: the law vs the analytic-UFL form.
+
+    Both solves use the same mesh, elements, quadrature and solver; the first (JIT-compiling)
+    solve of each is discarded. Writes ``out/summary.json``.
+    """
+    import os
+    from pathlib import Path
+
+    import torch
+
+    import lse_material
+
+    torch.set_num_threads(threads)
+    potential = lse_material.load(model)
+    solve_block(potential, mesh_n=4)  # compile the forms once
+    solve_block(None, mesh_n=4)
+    law = solve_block(potential, mesh_n=mesh, stretch=stretch)
+    reference = solve_block(None, mesh_n=mesh, stretch=stretch)
+    diff = np.linalg.norm(law.u.x.array - reference.u.x.array) / np.linalg.norm(reference.u.x.array)
+    result = {
+        "mesh": mesh,
+        "ranks": MPI.COMM_WORLD.size,
+        "threads": threads,
+        "law": {
+            "seconds_per_iteration": law.seconds_per_iteration,
+            "iterations": law.newton.iterations,
+            "residual_norms": law.newton.residual_norms,
+            "reaction": law.reaction,
+        },
+        "ufl": {
+            "seconds_per_iteration": reference.seconds_per_iteration,
+            "iterations": reference.newton.iterations,
+            "residual_norms": reference.newton.residual_norms,
+            "reaction": reference.reaction,
+        },
+        "newton_iteration_ratio_law_over_ufl": law.seconds_per_iteration
+        / reference.seconds_per_iteration,
+        "displacement_rel_difference": float(diff),
+        "reaction_rel_difference": abs(law.reaction - reference.reaction) / abs(reference.reaction),
+    }
+    if MPI.COMM_WORLD.rank == 0:
+        folder = Path(out)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / "summary.json.tmp"
+        tmp.write_text(json.dumps(result, indent=2))
+        os.replace(tmp, folder / "summary.json")
+        print(
+            json.dumps(
+                {
+                    k: result[k]
+                    for k in (
+                        "newton_iteration_ratio_law_over_ufl",
+                        "displacement_rel_difference",
+                        "reaction_rel_difference",
+                    )
+                },
+                indent=2,
+            )
+        )
+    return result
+
+
+def register(groups) -> None:
+    p = groups["bench"].add_parser(
+        "bvp", help="Newton iteration time: law at quadrature points vs analytic UFL"
+    )
+    p.add_argument("--model", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--mesh", type=int, default=48)
+    p.add_argument("--stretch", type=float, default=0.1)
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(func=bench_bvp)

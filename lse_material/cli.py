@@ -19,6 +19,7 @@ VERB_MODULES = [
     "training.mechanochemical",
     "lse_material.modelcard",
     "lse_material.bench",
+    "fem_cases.verification",
 ]
 GROUPS = {
     "train": "train a model from one of the data models",

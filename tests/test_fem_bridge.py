@@ -146,6 +146,7 @@ def test_minimum_tangent_eigenvalue_field():
     inputs, _ = mechanochemical_inputs(u, c)
     law = QuadratureLaw(mc.potential(), inputs, mesh, quadrature_degree=2)
     law.update()
+    law.update_diagnostics()
     x = torch.zeros(1, 7, dtype=torch.float64)
     x[0, 6] = 1.0  # at E = 0, c = 1 the strain energy is concave: negative eigenvalue
     expected = float(torch.linalg.eigvalsh(mc.potential().derivatives(x).hessian)[0, 0])

@@ -14,8 +14,9 @@ has, at the current iterate (x = x0), the value ψ, gradient s and Hessian H of 
 Jacobian for any kinematics. Call ``update()`` whenever the unknowns change (the Newton
 driver in ``lse_material.fem.newton`` does).
 
-Diagnostics (quadrature Functions, or None): ``phase_weights`` (n_modes), ``min_eigenvalue``
-of H (loss of stability where negative); ``fraction_outside_box()`` is MPI-reduced.
+Diagnostics (quadrature Functions, or None): ``phase_weights`` (n_modes, filled by ``update``),
+``min_eigenvalue`` of H (loss of stability where negative; filled by ``update_diagnostics()``);
+``fraction_outside_box()`` is MPI-reduced.
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ class QuadratureLaw:
         if box:
             self._box = torch.tensor([box[n] for n in names], dtype=torch.float64)  # (d, 2)
         self.evaluations = 0
+        self._hessian = None
 
     @property
     def input_dim(self) -> int:
@@ -147,9 +149,9 @@ class QuadratureLaw:
             (self.psi0, energy.numpy()),
             (self.s, grad.numpy()),
             (self.H, hess.numpy()),
-            (self.min_eigenvalue, torch.linalg.eigvalsh(hess).min(-1).values.numpy()),
         ):
             self._fill(function, data, n)
+        self._hessian = hess
         if self.phase_weights is not None and result.phase_weights is not None:
             self._fill(self.phase_weights, result.phase_weights.detach().cpu().numpy(), n)
         if self._box is not None:
@@ -158,6 +160,17 @@ class QuadratureLaw:
             self._outside = np.array([float(outside.sum()), float(n)])
             self._check_outside()
         self.evaluations += 1
+
+    def update_diagnostics(self) -> None:
+        """Fill ``min_eigenvalue`` (smallest eigenvalue of H per point) from the last update.
+
+        Not part of ``update()``: an eigen-decomposition per point costs about as much as the
+        law itself; call it after a converged step, when the field is written.
+        """
+        if self._hessian is None:
+            raise ValueError("update_diagnostics() needs a preceding update().")
+        values = torch.linalg.eigvalsh(self._hessian).min(-1).values.numpy()
+        self._fill(self.min_eigenvalue, values, values.shape[0])
 
     @staticmethod
     def _fill(function, data: np.ndarray, n_points: int) -> None:
