@@ -20,6 +20,7 @@ VERB_MODULES = [
     "lse_material.modelcard",
     "lse_material.bench",
     "fem_cases.verification",
+    "fem_cases.spinodal",
 ]
 GROUPS = {
     "train": "train a model from one of the data models",

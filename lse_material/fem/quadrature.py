@@ -100,6 +100,7 @@ class QuadratureLaw:
             self._box = torch.tensor([box[n] for n in names], dtype=torch.float64)  # (d, 2)
         self.evaluations = 0
         self._hessian = None
+        self._warned_fraction = 0.0
 
     @property
     def input_dim(self) -> int:
@@ -195,8 +196,10 @@ class QuadratureLaw:
         )
         if self.on_outside == "raise":
             raise ValueError(message + " (on_outside='raise')")
-        if self.mesh.comm.rank == 0:
-            warnings.warn(message, RuntimeWarning, stacklevel=3)
+        if fraction > 2 * self._warned_fraction:  # warn once, and again only if it doubles
+            self._warned_fraction = fraction
+            if self.mesh.comm.rank == 0:
+                warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
 def _mpi_sum():

@@ -1,0 +1,87 @@
+"""The spinodal FE case: conservation, energy decay, model vs analytic, serial vs mpirun -n 2."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fem_cases.spinodal import simulate_spinodal
+from tests.conftest import FULL
+from training.mechanochemical import train_mechanochemical
+
+pytestmark = pytest.mark.fem
+ROOT = Path(__file__).resolve().parents[1]
+MESH, T_END = (32, 0.3) if FULL else (12, 0.12)
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    out = tmp_path_factory.mktemp("model")
+    train_mechanochemical(
+        out=out, samples=1000, epochs=10000 if FULL else 6000, plots=False
+    )
+    return out / "model.safetensors"
+
+
+def _check_physics(summary):
+    mass = np.array(summary["mass"])
+    energy = np.array(summary["energy"])
+    assert np.abs(mass - mass[0]).max() <= 1e-10 * mass[0]
+    assert np.all(np.diff(energy) <= 1e-10 * abs(energy[0])), np.diff(energy).max()
+    assert energy[-1] < energy[0] - 0.05  # the phases separated
+    assert summary["failed_steps"] >= 0 and len(summary["time"]) == len(energy)
+
+
+def test_model_run_matches_the_analytic_run(tmp_path, model_file):
+    model = simulate_spinodal(out=tmp_path / "m", model=model_file, mesh=MESH, t_end=T_END).summary
+    reference = simulate_spinodal(out=tmp_path / "a", analytic=True, mesh=MESH, t_end=T_END).summary
+    _check_physics(model)
+    _check_physics(reference)
+    t = np.array(reference["time"])
+    e_ref = np.array(reference["energy"]) - reference["energy"][0]
+    e_model = np.interp(t, model["time"], np.array(model["energy"]) - model["energy"][0])
+    assert np.abs(e_model - e_ref).max() <= 0.05 * abs(e_ref[-1])  # ψ is known up to a constant
+    fraction = np.interp(t, model["time"], model["phase_fraction"])
+    assert np.abs(fraction - np.array(reference["phase_fraction"])).max() <= 0.05
+    for name in ("fields.bp", "diagnostics.bp", "energy_phase.png", "concentration_final.png"):
+        assert (tmp_path / "m" / name).exists(), name
+
+
+@pytest.mark.mpi
+def test_serial_and_two_ranks_give_the_same_energy_history(tmp_path, model_file):
+    runs = []
+    for ranks in (1, 2):
+        out = tmp_path / f"r{ranks}"
+        cmd = [
+            str(Path(sys.executable).parent / "mpirun"),
+            "-n",
+            str(ranks),
+            str(Path(sys.executable).parent / "lse-material"),
+            "simulate",
+            "spinodal",
+            "--model",
+            str(model_file),
+            "--out",
+            str(out),
+            "--mesh",
+            "10",
+            "--t-end",
+            "0.08",
+        ]
+        subprocess.run(cmd, check=True, cwd=ROOT, timeout=600)
+        runs.append(json.loads((out / "summary.json").read_text()))
+    serial, parallel = runs
+    assert parallel["ranks"] == 2 and serial["dofs"] == parallel["dofs"]
+    assert serial["time"] == pytest.approx(parallel["time"], rel=1e-12)
+    assert np.allclose(parallel["energy"], serial["energy"], rtol=1e-6, atol=0)
+    _check_physics(parallel)
+
+
+def test_bad_options_raise():
+    with pytest.raises(ValueError, match="--model"):
+        simulate_spinodal(out="unused")
+    with pytest.raises(ValueError, match="dim"):
+        simulate_spinodal(out="unused", analytic=True, dim=4)
