@@ -28,17 +28,22 @@ venv: $(VENV)/.installed
 
 CLI := $(VENV)/bin/lse-material
 
-# The main job: a shortened 1-D well-discovery study, then the mechanochemical law
-# (trained once, reused when its model file exists).
+MPIRUN := $(VENV)/bin/mpirun
+
+# The main job: train the mechanochemical law if its model file is missing, then run the
+# spinodal phase-transformation case on 2 MPI ranks; also a shortened 1-D well-discovery study.
 demo: venv
-	$(CLI) fit-1d --seeds 3 --epochs 6000 --finetune-epochs 500 --polish-epochs 1000 --out $(RESULTS)/fit-1d
 	@[ -f $(RESULTS)/mechanochemical/model.safetensors ] || \
 	  $(CLI) train mechanochemical --out $(RESULTS)/mechanochemical
 	$(CLI) inspect $(RESULTS)/mechanochemical/model.safetensors
+	$(MPIRUN) -n 2 $(CLI) simulate spinodal --model $(RESULTS)/mechanochemical/model.safetensors \
+	  --out $(RESULTS)/spinodal --mesh 48 --t-end 0.3
+	$(CLI) fit-1d --seeds 3 --epochs 6000 --finetune-epochs 500 --polish-epochs 1000 --out $(RESULTS)/fit-1d
 	@echo
 	@echo "Results:"
-	@echo "  1-D study:        $(RESULTS)/fit-1d/summary.json and *.png"
-	@echo "  mechanochemical:  $(RESULTS)/mechanochemical/summary.json, parity.png, extrapolation.png"
+	@echo "  mechanochemical law: $(RESULTS)/mechanochemical/ (model.safetensors, summary.json, parity.png, extrapolation.png)"
+	@echo "  spinodal FE case:    $(RESULTS)/spinodal/ (fields.bp + diagnostics.bp for ParaView, summary.json, *.png)"
+	@echo "  1-D study:           $(RESULTS)/fit-1d/ (summary.json, *.png, one model file per function)"
 
 test: venv
 	$(VENV)/bin/ruff check .
@@ -58,6 +63,8 @@ bench: venv
 	@[ -f $(RESULTS)/mechanochemical/model.safetensors ] || \
 	  $(CLI) train mechanochemical --out $(RESULTS)/mechanochemical
 	$(CLI) bench law --model $(RESULTS)/mechanochemical/model.safetensors --out $(RESULTS)/bench/law
+	$(CLI) bench bvp --model $(RESULTS)/mechanochemical/model.safetensors --out $(RESULTS)/bench/bvp
+	$(CLI) bench spinodal --model $(RESULTS)/mechanochemical/model.safetensors --out $(RESULTS)/bench/spinodal
 
 clean:
 	rm -rf $(VENV) $(RESULTS) *.egg-info .pytest_cache .ruff_cache

@@ -29,6 +29,9 @@ from __future__ import annotations
 
 import json
 import os
+import resource
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -197,6 +200,7 @@ def simulate_spinodal(
 
     t, step, failures = 0.0, 0, 0
     record(t, 0)
+    loop_start = time.perf_counter()
     _write(writers, fields, w, law, t)
     while t < t_end - 1e-12 and step < max_steps:
         dt_step = min(float(dt_c.value), t_end - t)
@@ -221,9 +225,11 @@ def simulate_spinodal(
             _write(writers, fields, w, law, t)
         if result.iterations <= 4:
             dt_c.value = min(dt_step * 1.5, dt_max)
+    loop_seconds = time.perf_counter() - loop_start
     _write(writers, fields, w, law, t)
     for writer in writers:
         writer.close()
+    peak_mb = comm.allreduce(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, op=MPI.MAX)
 
     dofs_global = W.dofmap.index_map.size_global * W.dofmap.index_map_bs
     summary = dict(history)
@@ -232,6 +238,9 @@ def simulate_spinodal(
         dofs=int(dofs_global),
         seconds=time.perf_counter() - t_start,
         steps=step,
+        loop_seconds=loop_seconds,
+        seconds_per_step=loop_seconds / max(step, 1),
+        peak_memory_mb_per_rank=peak_mb,
         failed_steps=failures,
         dim=dim,
         mesh=mesh,
@@ -346,7 +355,78 @@ def _plots(out: Path, summary: dict) -> None:
     plt.close(fig)
 
 
+def bench_spinodal(*, model: str, out: str, mesh: int = 96, steps: int = 8) -> dict:
+    """Time per step: model vs analytic (1 rank), and the model on 1 vs 2 ranks; peak memory.
+
+    Each run is a separate ``mpirun`` process with a fixed number of steps (``--max-steps``) and
+    the same mesh; the loop time excludes start-up and form compilation. Writes summary.json.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    bindir = Path(sys.executable).parent
+    runs = {}
+    for name, ranks, extra in (
+        ("analytic_1", 1, ["--analytic"]),
+        ("model_1", 1, ["--model", str(model)]),
+        ("model_2", 2, ["--model", str(model)]),
+    ):
+        folder = out / name
+        cmd = [
+            str(bindir / "mpirun"),
+            "-n",
+            str(ranks),
+            str(bindir / "lse-material"),
+            "simulate",
+            "spinodal",
+            "--out",
+            str(folder),
+            "--mesh",
+            str(mesh),
+            "--t-end",
+            "1e9",
+            "--max-steps",
+            str(steps),
+            *extra,
+        ]
+        subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        s = json.loads((folder / "summary.json").read_text())
+        runs[name] = {
+            k: s[k]
+            for k in (
+                "seconds_per_step",
+                "loop_seconds",
+                "steps",
+                "dofs",
+                "ranks",
+                "peak_memory_mb_per_rank",
+                "newton_iterations",
+            )
+        }
+    result = {
+        "mesh": mesh,
+        "steps": steps,
+        "runs": runs,
+        "step_time_ratio_model_over_analytic": runs["model_1"]["seconds_per_step"]
+        / runs["analytic_1"]["seconds_per_step"],
+        "speedup_1_to_2_ranks": runs["model_1"]["seconds_per_step"]
+        / runs["model_2"]["seconds_per_step"],
+    }
+    tmp = out / "summary.json.tmp"
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, out / "summary.json")
+    print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2))
+    return result
+
+
 def register(groups) -> None:
+    b = groups["bench"].add_parser(
+        "spinodal", help="time per step: model vs analytic, 1 vs 2 ranks, memory"
+    )
+    b.add_argument("--model", required=True)
+    b.add_argument("--out", required=True)
+    b.add_argument("--mesh", type=int, default=96)
+    b.add_argument("--steps", type=int, default=8)
+    b.set_defaults(func=bench_spinodal)
     p = groups["simulate"].add_parser(
         "spinodal", help="Cahn–Hilliard + finite-strain elasticity (serial or mpirun)"
     )
