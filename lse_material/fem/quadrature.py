@@ -46,6 +46,9 @@ class QuadratureLaw:
         quadrature_degree: degree of the quadrature rule (use ``self.dx`` in forms).
         device: torch device for the evaluation ("cpu", "cuda"); chunk: points per call.
         on_outside: "warn" | "raise" | "ignore" when points leave the training box.
+        box_tolerance: a point is outside when an input leaves its training interval by more
+            than this fraction of the interval's width (default 2 %: the Cahn–Hilliard
+            concentration overshoots [0, 1] by about 1 % near interfaces).
     """
 
     def __init__(
@@ -58,6 +61,7 @@ class QuadratureLaw:
         device: str | torch.device = "cpu",
         chunk: int = 1024,
         on_outside: Literal["warn", "raise", "ignore"] = "warn",
+        box_tolerance: float = 0.02,
     ):
         names = tuple(potential.input_names)
         d = len(names)
@@ -97,7 +101,9 @@ class QuadratureLaw:
         box = getattr(potential, "training_box", None)
         self._box = None
         if box:
-            self._box = torch.tensor([box[n] for n in names], dtype=torch.float64)  # (d, 2)
+            bounds = torch.tensor([box[n] for n in names], dtype=torch.float64)  # (d, 2)
+            margin = box_tolerance * (bounds[:, 1] - bounds[:, 0])
+            self._box = torch.stack([bounds[:, 0] - margin, bounds[:, 1] + margin], dim=1)
         self.evaluations = 0
         self._hessian = None
         self._warned_fraction = 0.0
