@@ -118,23 +118,39 @@ class ICNNStack(nn.Module):
         """The non-negative hidden-to-hidden weights ``B_k``, each ``(*ensemble, N, out, in)``."""
         return [F.softplus(raw) for raw in self.z_weights_raw]
 
-    def _pre_activations(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """x ``(*ensemble, P, d)`` or ``(P, d)`` -> the x-part ``A_k x + b_k``, ``(*ensemble, N, P, h_k)``."""
-        return [
-            torch.einsum("...nhd,...pd->...nph", A, x) + b.unsqueeze(-2)
-            for A, b in zip(self.x_weights, self.biases)
-        ]
+    def weights(self, modes: torch.Tensor | None = None) -> Weights:
+        """All layer weights (positive ones already mapped through softplus), optionally only
+        for the modes ``modes`` (an index tensor; single models only)."""
+        w = Weights(
+            list(self.x_weights),
+            list(self.biases),
+            self.z_weights(),
+            F.softplus(self.out_z_raw),
+            self.out_x,
+            self.out_bias,
+        )
+        if modes is None:
+            return w
+        if self.ensemble_shape:
+            raise ValueError("mode selection is for single models, not ensembles.")
+        return Weights(
+            *([t[modes] for t in field] if isinstance(field, list) else field[modes] for field in w)
+        )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Mode energies ``(*ensemble, N, P)`` at ``x`` of shape ``(*ensemble, P, d)`` or ``(P, d)``."""
-        x_parts = self._pre_activations(x)
+    def forward(self, x: torch.Tensor, modes: torch.Tensor | None = None) -> torch.Tensor:
+        """Mode energies ``(*ensemble, N, P)`` at ``x`` of shape ``(*ensemble, P, d)`` or ``(P, d)``
+        (only the modes ``modes``, in that order, when given)."""
+        w = self.weights(modes)
+        x_parts = _pre_activations(w, x)
         z = F.softplus(x_parts[0])
-        for B, xa in zip(self.z_weights(), x_parts[1:]):
+        for B, xa in zip(w.B, x_parts[1:]):
             z = F.softplus(torch.einsum("...noi,...npi->...npo", B, z) + xa)
-        out = torch.einsum("...nh,...nph->...np", F.softplus(self.out_z_raw), z)
-        return out + torch.einsum("...nd,...pd->...np", self.out_x, x) + self.out_bias.unsqueeze(-1)
+        out = torch.einsum("...nh,...nph->...np", w.b_out, z)
+        return out + torch.einsum("...nd,...pd->...np", w.a_out, x) + w.c.unsqueeze(-1)
 
-    def derivatives(self, x: torch.Tensor, *, hessian: bool = True) -> ModeDerivatives:
+    def derivatives(
+        self, x: torch.Tensor, *, hessian: bool = True, modes: torch.Tensor | None = None
+    ) -> ModeDerivatives:
         """Mode energies, gradients and Hessians in closed form (no autograd graph needed).
 
         Forward pass carries ``∇a_k`` (the Jacobian of each pre-activation); a backward pass
@@ -142,30 +158,28 @@ class ICNNStack(nn.Module):
         element-wise σ, the Hessian is exactly
         ``∇²W = Σ_k Σ_j λ_kj σ''(a_kj) ∇a_kj ∇a_kjᵀ``
         (a sum of non-negative rank-one terms: λ ≥ 0 and σ'' ≥ 0, so it is PSD by construction).
+        ``modes``: evaluate only these modes (an index tensor), as in ``forward``.
         """
-        x_parts = self._pre_activations(x)
-        Bs = self.z_weights()
-        first = self.x_weights[0].unsqueeze(-3).expand(*x_parts[0].shape, self.n_inputs)
+        w = self.weights(modes)
+        x_parts = _pre_activations(w, x)
+        first = w.A[0].unsqueeze(-3).expand(*x_parts[0].shape, self.n_inputs)
         pre, grad_pre = [x_parts[0]], [first]  # ∇a_1 = A_0 at every point, (.., N, P, h, d)
         z = F.softplus(pre[0])
         dz = torch.sigmoid(pre[0]).unsqueeze(-1) * grad_pre[0]
-        for B, A, xa in zip(Bs, self.x_weights[1:], x_parts[1:]):
+        for B, A, xa in zip(w.B, w.A[1:], x_parts[1:]):
             a = torch.einsum("...noi,...npi->...npo", B, z) + xa
             da = torch.einsum("...noi,...npid->...npod", B, dz) + A.unsqueeze(-3)
             pre.append(a)
             grad_pre.append(da)
             z = F.softplus(a)
             dz = torch.sigmoid(a).unsqueeze(-1) * da
-        b_out = F.softplus(self.out_z_raw)
-        energy = torch.einsum("...nh,...nph->...np", b_out, z)
-        energy = (
-            energy + torch.einsum("...nd,...pd->...np", self.out_x, x) + self.out_bias.unsqueeze(-1)
-        )
-        gradient = torch.einsum("...nh,...nphd->...npd", b_out, dz) + self.out_x.unsqueeze(-2)
+        energy = torch.einsum("...nh,...nph->...np", w.b_out, z)
+        energy = energy + torch.einsum("...nd,...pd->...np", w.a_out, x) + w.c.unsqueeze(-1)
+        gradient = torch.einsum("...nh,...nphd->...npd", w.b_out, dz) + w.a_out.unsqueeze(-2)
         if not hessian:
             return ModeDerivatives(energy, gradient, None)
         # Backward: adjoint of z_K is b_out; of z_k is B_kᵀ (λ_{k+1} σ'(a_{k+1})).
-        adjoint = b_out.unsqueeze(-2)  # (.., N, 1, h_K), broadcasts over P
+        adjoint = w.b_out.unsqueeze(-2)  # (.., N, 1, h_K), broadcasts over P
         hess = 0.0
         for k in range(len(pre) - 1, -1, -1):
             s = torch.sigmoid(pre[k])
@@ -174,5 +188,22 @@ class ICNNStack(nn.Module):
                 "...nphd,...nph,...nphe->...npde", grad_pre[k], weight, grad_pre[k]
             )
             if k > 0:
-                adjoint = torch.einsum("...noi,...npo->...npi", Bs[k - 1], adjoint * s)
+                adjoint = torch.einsum("...noi,...npo->...npi", w.B[k - 1], adjoint * s)
         return ModeDerivatives(energy, gradient, hess)
+
+
+class Weights(NamedTuple):
+    """Layer weights of an ICNNStack: A (x-weights), b (biases), B (z-weights, ≥ 0) per layer,
+    b_out (≥ 0), a_out, c of the output layer; leading dimensions ``(*ensemble, N)``."""
+
+    A: list
+    b: list
+    B: list
+    b_out: torch.Tensor
+    a_out: torch.Tensor
+    c: torch.Tensor
+
+
+def _pre_activations(w: Weights, x: torch.Tensor) -> list[torch.Tensor]:
+    """x ``(*ensemble, P, d)`` or ``(P, d)`` -> the x-parts ``A_k x + b_k``, ``(*ensemble, N, P, h_k)``."""
+    return [torch.einsum("...nhd,...pd->...nph", A, x) + b.unsqueeze(-2) for A, b in zip(w.A, w.b)]

@@ -159,22 +159,37 @@ class LSEICNN(nn.Module):
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.input_shift) / self.input_scale
 
+    def _open_modes(self) -> torch.Tensor | None:
+        """Indices of the open modes of a single model when some gates are closed, else None.
+
+        A closed gate (g = 0) removes its mode exactly, so its network is not evaluated.
+        """
+        if self.ensemble_shape:
+            return None
+        open_ = self.gates() > 0
+        return None if bool(open_.all()) else torch.nonzero(open_).flatten()
+
+    def _logits(self, x_n: torch.Tensor, mode_values: torch.Tensor, index) -> torch.Tensor:
+        """``log g - ρ W`` for the evaluated modes, ``(.., N_eval, P)``."""
+        log_g = self._log_gates() if index is None else self._log_gates()[index]
+        return log_g.unsqueeze(-1) - self.rho()[..., None, None] * mode_values
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Energy in physical units; x ``(*ensemble, P, d)`` or ``(P, d)`` -> ``(*ensemble, P)``.
 
         Differentiable by autograd (the training path and the test oracle).
         """
         rho = self.rho().unsqueeze(-1)
-        modes = self.modes(self._normalize(x))  # (.., N, P)
-        logits = self._log_gates().unsqueeze(-1) - rho.unsqueeze(-1) * modes
+        index = self._open_modes()
+        x_n = self._normalize(x)
+        logits = self._logits(x_n, self.modes(x_n, index), index)
         w = -torch.logsumexp(logits, dim=-2) / rho
         return self.energy_scale * w + self.energy_shift
 
     def phase_weights(self, x: torch.Tensor) -> torch.Tensor:
         """``p_i(x) = softmax_i(log g_i - ρ W_i)``, ``(*ensemble, P, N)``: which well a point is in."""
-        rho = self.rho().unsqueeze(-1).unsqueeze(-1)
-        logits = self._log_gates().unsqueeze(-1) - rho * self.modes(self._normalize(x))
-        return torch.softmax(logits, dim=-2).transpose(-1, -2)
+        x_n = self._normalize(x)
+        return torch.softmax(self._logits(x_n, self.modes(x_n), None), dim=-2).transpose(-1, -2)
 
     def derivatives(self, x, *, hessian: bool = True) -> EnergyDerivatives:
         """Energy, gradient, Hessian and phase weights in one closed-form pass (SPEC §1).
@@ -188,11 +203,12 @@ class LSEICNN(nn.Module):
             p0 = next(self.parameters())
             x = as_float64_tensor(x, self.n_inputs, device=p0.device).to(p0.dtype)
         rho = self.rho()
-        modes = self.modes.derivatives(self._normalize(x), hessian=hessian)
-        r = rho[..., None, None]
-        logits = self._log_gates().unsqueeze(-1) - r * modes.energy  # (.., N, P)
+        index = self._open_modes()
+        x_n = self._normalize(x)
+        modes = self.modes.derivatives(x_n, hessian=hessian, modes=index)
+        logits = self._logits(x_n, modes.energy, index)  # (.., N_eval, P)
         energy = -torch.logsumexp(logits, dim=-2) / rho.unsqueeze(-1)
-        p = torch.softmax(logits, dim=-2)  # (.., N, P)
+        p = torch.softmax(logits, dim=-2)  # (.., N_eval, P)
         grad = torch.einsum("...np,...npd->...pd", p, modes.gradient)
         hess = None
         if hessian:
@@ -206,6 +222,10 @@ class LSEICNN(nn.Module):
         grad = es * grad * inv
         if hess is not None:
             hess = es * hess * inv.unsqueeze(-1) * inv
+        if index is not None:  # closed modes have phase weight exactly 0
+            p = torch.zeros(self.n_modes, p.shape[-1], dtype=p.dtype, device=p.device).index_copy(
+                0, index, p
+            )
         return EnergyDerivatives(energy, grad, hess, p.transpose(-1, -2))
 
     # ----------------------------------------------------------------- model files
