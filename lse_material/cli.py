@@ -17,6 +17,7 @@ import sys
 VERB_MODULES = [
     "training.one_d",
     "training.mechanochemical",
+    "training.schlogl",
     "lse_material.modelcard",
     "lse_material.bench",
     "fem_cases.verification",

@@ -129,7 +129,11 @@ def _proximal_l1(optimizer: torch.optim.Adam, w: torch.Tensor, lr: float, lam: f
     step = float(state["step"])
     v_hat = state["exp_avg_sq"] / (1 - beta2**step)
     threshold = lr * lam / (v_hat.sqrt() + optimizer.param_groups[1]["eps"])
-    w.copy_(torch.sign(w) * (w.abs() - threshold).clamp_min(0))
+    shrunk = torch.sign(w) * (w.abs() - threshold).clamp_min(0)
+    # Never close the last open gate of a model: keep its largest gate as it was.
+    dead = (shrunk == 0).all(dim=-1, keepdim=True)
+    largest = torch.zeros_like(w, dtype=torch.bool).scatter_(-1, w.abs().argmax(-1, keepdim=True), True)
+    w.copy_(torch.where(dead & largest, w, shrunk))
 
 
 def fit(
