@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import torch
 
-from lse_material.potential import AnalyticPotential
+from lse_material.potential import AnalyticPotential, as_float64_tensor
 
 __all__ = [
     "INPUT_NAMES",
@@ -47,12 +47,30 @@ TRAINING_BOX = {
 
 @dataclass(frozen=True)
 class MechanochemicalParams:
-    """d_c, s_c (chemical well depth and spacing), d_e, s_e (strain well depth and size) [ours]."""
+    """Parameters of SPEC eq. 11. Values [ours], from the source code's defaults.
+
+    d_c: depth of the chemical double well (its barrier height is d_c at c = s_c/2);
+    s_c: concentration of the second chemical well (c̃ = c / s_c);
+    d_e: depth of the three tetragonal strain wells at c = s_c;
+    s_e: their distance from the origin in the (e2, e3) plane.
+    """
 
     d_c: float = 1.0
     s_c: float = 1.0
     d_e: float = 0.1
     s_e: float = 0.1
+
+    def __post_init__(self):
+        for name in ("d_c", "s_c", "d_e", "s_e"):
+            value = getattr(self, name)
+            if not math.isfinite(value):
+                raise ValueError(f"MechanochemicalParams.{name} must be finite, got {value}.")
+        for name in ("s_c", "s_e"):
+            if getattr(self, name) <= 0:
+                raise ValueError(
+                    f"MechanochemicalParams.{name} must be > 0 (it divides c or e), "
+                    f"got {getattr(self, name)}."
+                )
 
 
 def psi_components(
@@ -60,7 +78,8 @@ def psi_components(
 ):
     """ψ from tensor components (E23 etc. are tensor, not engineering, shears) — SPEC eq. 11.
 
-    Arithmetic only: works unchanged on torch tensors and UFL expressions.
+    Arithmetic only (``+ - * /`` and float constants): works unchanged on torch tensors of
+    any common shape (result: that shape) and on UFL scalar expressions.
     """
     p = params
     e1 = (E11 + E22 + E33) / math.sqrt(3.0)
@@ -78,28 +97,58 @@ def psi_components(
 
 
 def energy(
-    x: torch.Tensor, params: MechanochemicalParams = MechanochemicalParams()
+    x: torch.Tensor, *, params: MechanochemicalParams = MechanochemicalParams()
 ) -> torch.Tensor:
-    """ψ at ``x (n, 7)`` in INPUT_NAMES order -> ``(n,)``."""
+    """ψ at ``x (n, 7)`` in INPUT_NAMES order (engineering shears) -> ``(n,)``.
+
+    Keeps the dtype and device of a floating tensor; differentiable by autograd.
+    """
+    x = as_float64_tensor(x, len(INPUT_NAMES))
     E11, E22, E33, g23, g13, g12, c = x.unbind(-1)
     return psi_components(E11, E22, E33, g23 / 2, g13 / 2, g12 / 2, c, params)
 
 
-def energy_ufl(E, c, params: MechanochemicalParams = MechanochemicalParams()):
-    """ψ as a UFL expression of a 3×3 UFL tensor ``E`` and a scalar ``c``."""
+def energy_ufl(E, c, *, params: MechanochemicalParams = MechanochemicalParams()):
+    """ψ as a UFL scalar expression of a 3×3 UFL tensor ``E`` (Lagrange strain) and a scalar ``c``.
+
+    For 2-D plane strain embed the 2×2 strain into a 3×3 tensor first (E33 = E13 = E23 = 0).
+    Only the symmetric part of ``E`` enters through its upper triangle, so pass a symmetric E.
+    """
+    import ufl
+
+    shape = ufl.shape(E)
+    if shape != (3, 3):
+        raise ValueError(
+            f"energy_ufl needs a 3×3 strain tensor, got UFL shape {shape}; for plane strain "
+            "embed it, e.g. ufl.as_matrix([[E[0, 0], E[0, 1], 0], [E[1, 0], E[1, 1], 0], [0, 0, 0]])."
+        )
+    if ufl.shape(c) != ():
+        raise ValueError(
+            f"energy_ufl needs a scalar concentration c, got UFL shape {ufl.shape(c)}."
+        )
     return psi_components(E[0, 0], E[1, 1], E[2, 2], E[1, 2], E[0, 2], E[0, 1], c, params)
 
 
-def potential(params: MechanochemicalParams = MechanochemicalParams()) -> AnalyticPotential:
-    """The analytic ψ behind the same interface as a trained model (the FE reference law)."""
-    return AnalyticPotential(lambda x: energy(x, params), INPUT_NAMES)
+def potential(*, params: MechanochemicalParams = MechanochemicalParams()) -> AnalyticPotential:
+    """The analytic ψ behind the same interface as a trained model (the FE reference law).
+
+    ``potential().derivatives(x)`` gives energy ``(n,)``, gradient ``(n, 7)`` (= [S, μ]) and
+    Hessian ``(n, 7, 7)`` (the consistent tangent) by autograd.
+    """
+    return AnalyticPotential(lambda x: energy(x, params=params), INPUT_NAMES)
 
 
-def stress_mu(x: torch.Tensor, params: MechanochemicalParams = MechanochemicalParams()):
-    """Voigt stress ``(n, 6)`` and chemical potential ``(n,)`` at ``x (n, 7)``, by autograd."""
+def stress_mu(
+    x: torch.Tensor, *, params: MechanochemicalParams = MechanochemicalParams()
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Voigt stress ``(n, 6)`` (STRESS_NAMES) and chemical potential ``(n,)`` at ``x (n, 7)``.
+
+    By autograd of ``energy``: ``S = ∂ψ/∂x[:6]`` (engineering-shear inputs), ``μ = ∂ψ/∂c``.
+    """
+    x = as_float64_tensor(x, len(INPUT_NAMES))
     with torch.enable_grad():
         xg = x.detach().clone().requires_grad_(True)
-        (grad,) = torch.autograd.grad(energy(xg, params).sum(), xg)
+        (grad,) = torch.autograd.grad(energy(xg, params=params).sum(), xg)
     return grad[:, :6], grad[:, 6]
 
 
@@ -115,19 +164,35 @@ class MechanochemicalData(NamedTuple):
 def sample(
     n: int, *, seed: int, params: MechanochemicalParams = MechanochemicalParams()
 ) -> MechanochemicalData:
-    """``n`` samples: c ~ U[0, 1], each independent E_IJ ~ U[-0.15, 0.15] (SPEC §3 [ours]), float64."""
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}.")
+    """``n`` samples: c ~ U[0, 1], each independent E_IJ ~ U[-0.15, 0.15] (SPEC §3 [ours]), float64.
+
+    The shear columns of ``x`` are engineering shears 2E_IJ ∈ [-0.3, 0.3] (TRAINING_BOX).
+    Reproducible: a ``torch.Generator`` seeded with ``seed`` draws the strain, then c.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be an integer >= 1, got {n!r}.")
     g = torch.Generator().manual_seed(seed)
     strain = (2 * torch.rand(n, 6, generator=g, dtype=torch.float64) - 1) * STRAIN_BOUND
     strain[:, 3:] *= 2  # engineering shears
     x = torch.cat([strain, torch.rand(n, 1, generator=g, dtype=torch.float64)], dim=1)
-    stress, mu = stress_mu(x, params)
-    return MechanochemicalData(x, stress, mu, energy(x, params))
+    stress, mu = stress_mu(x, params=params)
+    return MechanochemicalData(x, stress, mu, energy(x, params=params))
 
 
-def extrapolation_path(n_points: int = 131, *, e_bar: float = 0.1, t_max: float = 1.3):
-    """SPEC eq. 16 [ours]: c(t) = t, E(t) = (t ē/√6) diag(1, 1, -2); returns t ``(n,)``, x ``(n, 7)``."""
+def extrapolation_path(
+    n_points: int = 131, *, e_bar: float = 0.1, t_max: float = 1.3
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SPEC eq. 16 [ours]: c(t) = t, E(t) = (t ē/√6) diag(1, 1, -2), so e3 = t ē, e1 = e2 = 0.
+
+    Returns t ``(n_points,)`` uniform on [0, t_max] and x ``(n_points, 7)`` (INPUT_NAMES).
+    It leaves the training box (c > 1) for t > 1.
+    """
+    if isinstance(n_points, bool) or not isinstance(n_points, int) or n_points < 2:
+        raise ValueError(f"n_points must be an integer >= 2, got {n_points!r}.")
+    if not (math.isfinite(t_max) and t_max > 0):
+        raise ValueError(f"t_max must be finite and > 0, got {t_max}.")
+    if not math.isfinite(e_bar):
+        raise ValueError(f"e_bar must be finite, got {e_bar}.")
     t = torch.linspace(0.0, t_max, n_points, dtype=torch.float64)
     x = torch.zeros(n_points, 7, dtype=torch.float64)
     a = t * e_bar / math.sqrt(6.0)
