@@ -18,6 +18,7 @@ VERB_MODULES = [
     "training.one_d",
     "training.mechanochemical",
     "training.schlogl",
+    "training.gene_circuit",
     "lse_material.modelcard",
     "lse_material.bench",
     "fem_cases.verification",

@@ -132,7 +132,9 @@ def _proximal_l1(optimizer: torch.optim.Adam, w: torch.Tensor, lr: float, lam: f
     shrunk = torch.sign(w) * (w.abs() - threshold).clamp_min(0)
     # Never close the last open gate of a model: keep its largest gate as it was.
     dead = (shrunk == 0).all(dim=-1, keepdim=True)
-    largest = torch.zeros_like(w, dtype=torch.bool).scatter_(-1, w.abs().argmax(-1, keepdim=True), True)
+    largest = torch.zeros_like(w, dtype=torch.bool).scatter_(
+        -1, w.abs().argmax(-1, keepdim=True), True
+    )
     w.copy_(torch.where(dead & largest, w, shrunk))
 
 
