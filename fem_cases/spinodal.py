@@ -44,6 +44,7 @@ from mpi4py import MPI
 from lse_material.fem._dolfinx import dolfinx
 from lse_material.fem.newton import LawNewtonSolver
 from lse_material.fem.quadrature import QuadratureLaw
+from lse_material.jsonio import write_json
 from training.data import mechanochemical as mc
 
 __all__ = ["SpinodalResult", "simulate_spinodal", "register"]
@@ -252,9 +253,7 @@ def simulate_spinodal(
         parameters={"kappa": KAPPA, "mobility": MOBILITY, "viscosity": VISCOSITY},
     )
     if comm.rank == 0:
-        tmp = out / "summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2))
-        os.replace(tmp, out / "summary.json")
+        write_json(out / "summary.json", summary)
         _plots(out, summary)
     _snapshot(out, w, comm)
     return SpinodalResult(summary, out)
@@ -413,9 +412,7 @@ def bench_spinodal(*, model: str, out: str, mesh: int = 96, steps: int = 8) -> d
         "speedup_1_to_2_ranks": runs["model_1"]["seconds_per_step"]
         / runs["model_2"]["seconds_per_step"],
     }
-    tmp = out / "summary.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, out / "summary.json")
+    write_json(out / "summary.json", result)
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2))
     return result
 

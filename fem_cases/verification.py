@@ -22,6 +22,7 @@ from mpi4py import MPI
 from lse_material.fem._dolfinx import dolfinx
 from lse_material.fem.newton import LawNewtonSolver, NewtonResult
 from lse_material.fem.quadrature import QuadratureLaw
+from lse_material.jsonio import write_json
 from training.data import mechanochemical as mc
 
 __all__ = ["BlockResult", "solve_block", "mechanochemical_inputs"]
@@ -171,7 +172,6 @@ def bench_bvp(
     Both solves use the same mesh, elements, quadrature and solver; the first (JIT-compiling)
     solve of each is discarded. Writes ``out/summary.json``.
     """
-    import os
     from pathlib import Path
 
     import torch
@@ -209,9 +209,7 @@ def bench_bvp(
     if MPI.COMM_WORLD.rank == 0:
         folder = Path(out)
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / "summary.json.tmp"
-        tmp.write_text(json.dumps(result, indent=2))
-        os.replace(tmp, folder / "summary.json")
+        write_json(folder / "summary.json", result)
         print(
             json.dumps(
                 {

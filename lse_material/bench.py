@@ -13,12 +13,12 @@ run, float64, one thread:
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 import torch
 
+from lse_material.jsonio import write_json
 from lse_material.modelfile import load
 from lse_material.potential import derivatives_in_chunks
 
@@ -114,9 +114,7 @@ def bench_law(
     }
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "summary.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, out / "summary.json")
+    write_json(out / "summary.json", result)
     return result
 
 

@@ -17,14 +17,13 @@ SPEC §6 with t0 = 4 and τ = 0.5.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 from pathlib import Path
 
 import torch
 
+from lse_material.jsonio import write_json
 from lse_material.lse import LSEICNN
 from training.data import gene_circuit as gc
 from training.fit import FitOptions, fit, fold_gates, prune_by_elimination, resolve_device
@@ -159,9 +158,7 @@ def train_gene_circuit(
         }
     summary["seconds"] = time.perf_counter() - t0
     summary["epochs"] = epochs
-    tmp = out / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, out / "summary.json")
+    write_json(out / "summary.json", summary)
     if plots:
         _plots(out, model, names, data)
     return summary

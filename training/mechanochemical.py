@@ -9,8 +9,6 @@ with this order the Voigt stress is exactly the gradient and the tangent is the 
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -18,6 +16,7 @@ from typing import NamedTuple
 import torch
 
 import lse_material
+from lse_material.jsonio import write_json
 from lse_material.lse import LSEICNN
 from training.data import mechanochemical as mc
 from training.fit import FitOptions, fit, fold_gates, resolve_device
@@ -37,12 +36,6 @@ def r2_score(pred: torch.Tensor, true: torch.Tensor) -> float:
     """Coefficient of determination over all entries (columns pooled after flattening)."""
     pred, true = pred.reshape(-1), true.reshape(-1)
     return float(1 - (pred - true).pow(2).sum() / (true - true.mean()).pow(2).sum())
-
-
-def _write_json(path: Path, data) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
 
 
 def train_mechanochemical(
@@ -181,7 +174,7 @@ def train_mechanochemical(
             "extrapolation_rel_error": summary["extrapolation_rel_error"],
         },
     )
-    _write_json(out / "summary.json", summary)
+    write_json(out / "summary.json", summary)
     if plots:
         _plots(out, d, data, test, psi_pred, psi_true, t, path, s_path, mu_path)
     return MechanochemicalTraining(summary, model)

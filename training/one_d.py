@@ -14,8 +14,6 @@ one batched forward per epoch. Protocol [ours] (SPEC §2 leaves it open):
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -23,6 +21,7 @@ from typing import NamedTuple
 import torch
 
 import lse_material
+from lse_material.jsonio import write_json
 from lse_material.lse import LSEICNN
 from training.data.one_d import FUNCTIONS, sample
 from training.fit import (
@@ -44,12 +43,6 @@ class OneDStudy(NamedTuple):
 
     summary: dict
     models: dict[str, LSEICNN]
-
-
-def _write_json(path: Path, data) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
 
 
 def _ensemble_data(names: list[str], seeds: int):
@@ -213,8 +206,8 @@ def fit_1d(
             training={"study": "fit-1d", "seed": best, "rmse": float(rmse[best]) * value_range},
         )
         models[name] = single
-    _write_json(out / "summary.json", summary)
-    _write_json(
+    write_json(out / "summary.json", summary)
+    write_json(
         out / "history.json",
         {
             "names": names,
@@ -323,7 +316,7 @@ def bench_fit_1d(*, out: str | Path, epochs: int = 100, seeds: int = 10, threads
         "batched_ms_per_epoch": 1e3 * t_batch / epochs,
         "speedup_batched_vs_sequential": t_seq / t_batch,
     }
-    _write_json(out / "summary.json", result)
+    write_json(out / "summary.json", result)
     return result
 
 
