@@ -23,6 +23,8 @@ VERB_MODULES = [
     "lse_material.bench",
     "fem_cases.verification",
     "fem_cases.spinodal",
+    "training.metamaterial",
+    "fem_cases.metamaterial",
 ]
 GROUPS = {
     "train": "train a model from one of the data models",

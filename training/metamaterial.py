@@ -1,0 +1,360 @@
+"""``lse-material train metamaterial``: a potential with a hidden state (SPEC §5).
+
+The model (``lse_material.hidden_state.HiddenStateMaterial``): ψ = LSE-ICNN(I1, I2, I3, h),
+2 modes of 2 × 19, and a neural ODE ḣ = N(9 invariants of ε and ε̇, h), 2 × 15, 6 states,
+``h(0) = 0``; σ = ∂ψ/∂ε. Both networks train together on stress only, through the time
+integration of h (ξ is never shown to the model): full-batch Adam over the 320 training
+trajectories (320 / 80 split [paper: 80 / 20]), loss = mean squared error of the normal stress
+components σ11, σ22, σ33, each divided by its standard deviation over the training data (the
+shear components are zero in the data and, for uniaxial strain, exactly zero in the model).
+No L1 on the gates: SPEC fixes two modes.
+
+Also here: ``ReferenceLaw``, the data model's return mapping behind the internal-state law
+interface of ``lse_material.hidden_state`` (state = ξ), the reference of the FE case.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+
+import lse_material
+from lse_material.hidden_state import (
+    ODE_INPUT_NAMES,
+    HiddenStateMaterial,
+    StepResult,
+    ode_invariants,
+    strain_invariants,
+    tensor_to_voigt,
+    voigt_to_tensor,
+)
+from lse_material.potential import as_float64_tensor
+from training.data import metamaterial as mm
+from training.fit import FitOptions, fit, resolve_device
+
+__all__ = [
+    "MetamaterialTraining",
+    "ReferenceLaw",
+    "r2_score",
+    "register",
+    "train_metamaterial",
+]
+
+N_TRAJECTORIES, N_STEPS, TRAIN_FRACTION = 400, 100, 0.8  # SPEC §5 [paper]
+N_STATE, N_MODES, HIDDEN, ODE_HIDDEN = 6, 2, (19, 19), (15, 15)  # SPEC §5 [paper]
+NORMAL = [0, 1, 2]  # σ11, σ22, σ33: the stress components the loss sees
+
+
+class MetamaterialTraining(NamedTuple):
+    summary: dict
+    model: HiddenStateMaterial
+
+
+def r2_score(pred: torch.Tensor, true: torch.Tensor) -> float:
+    """Coefficient of determination over all entries (flattened)."""
+    pred, true = pred.reshape(-1), true.reshape(-1)
+    return float(1 - (pred - true).pow(2).sum() / (true - true.mean()).pow(2).sum())
+
+
+def _write_json(path: Path, data) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- reference law
+class ReferenceLaw:
+    """The data model (SPEC §5) as an internal-state law: state ``ξ`` ``(P, 1)``.
+
+    ``step`` is the exact return mapping of ``training.data.metamaterial`` at the end-of-step
+    strain (rate independent: ``dt`` is accepted and unused); the tangent is the algorithmic
+    one, by autograd through the closed-form return mapping (exact: it is piecewise affine).
+    Voigt conventions of ``lse_material.hidden_state``. ``fixed_phase=True`` keeps ξ ≡ 0.
+    """
+
+    input_names = lse_material.hidden_state.STRAIN_NAMES
+    n_state = 1
+
+    def __init__(self, *, params: mm.MetamaterialParams | None = None, fixed_phase: bool = False):
+        self.params = mm.MetamaterialParams() if params is None else params
+        self.fixed_phase = fixed_phase
+
+    def initial_state(self, n_points: int) -> torch.Tensor:
+        return torch.zeros(n_points, 1, dtype=torch.float64)
+
+    def step(self, strain_old, state_old, strain_new, *, dt: float, tangent: bool = True):
+        del strain_old, dt  # rate independent; the committed ξ is all the history it needs
+        eps_new = as_float64_tensor(strain_new, 6, name="strain_new")
+        xi_old = as_float64_tensor(state_old, 1, name="state_old")[:, 0]
+        with torch.enable_grad():
+            e = eps_new.detach().clone().requires_grad_(tangent)
+            eps = voigt_to_tensor(e)
+            xi = (
+                xi_old.clone()
+                if self.fixed_phase
+                else mm.return_mapping(eps, xi_old.detach(), params=self.params)
+            )
+            sigma = tensor_to_voigt(mm.stress(eps, xi, params=self.params), engineering=False)
+            C = None
+            if tangent:
+                rows = [
+                    torch.autograd.grad(sigma[:, j].sum(), e, retain_graph=j < 5)[0]
+                    for j in range(6)
+                ]
+                C = torch.stack(rows, dim=1)
+        xi = xi.detach()
+        return StepResult(sigma.detach(), C, xi[:, None].clone(), xi.clone())
+
+
+# --------------------------------------------------------------------------- training
+def _voigt_data(data: mm.MetamaterialData, device):
+    strain = tensor_to_voigt(data.strain).to(device)
+    stress = tensor_to_voigt(data.stress, engineering=False).to(device)
+    return strain, stress
+
+
+def build_model(
+    strain: torch.Tensor, time: torch.Tensor, *, seed: int, stress_std
+) -> HiddenStateMaterial:
+    """A HiddenStateMaterial with its normalisation set from training histories.
+
+    strain: Voigt ``(B, T, 6)``; time ``(T,)``; stress_std: a typical stress magnitude.
+    ψ's invariant inputs map their training range to [-1, 1]; h is left as is (h(0) = 0);
+    N's 9 inputs are standardised; ``rate_scale = 1/(10 Δt)`` (N = O(1) moves h by O(1) in
+    ten data steps) [ours].
+    """
+    g = torch.Generator().manual_seed(seed)
+    model = HiddenStateMaterial(N_STATE, N_MODES, HIDDEN, ODE_HIDDEN, generator=g).to(strain.device)
+    inv = strain_invariants(strain).reshape(-1, 3)
+    low, high = inv.min(0).values, inv.max(0).values
+    half = ((high - low) / 2).clamp_min(1e-12)
+    zeros = torch.zeros(N_STATE, dtype=strain.dtype, device=strain.device)
+    dt = float(time[1] - time[0])
+    model.potential.set_normalization(
+        input_shift=torch.cat([(high + low) / 2, zeros]),
+        input_scale=torch.cat([half, torch.ones_like(zeros)]),
+        energy_scale=float(stress_std * half[0]),
+    )
+    rate = (strain[:, 1:] - strain[:, :-1]) / dt
+    z = ode_invariants(strain[:, 1:], rate).reshape(-1, len(ODE_INPUT_NAMES))
+    std = z.std(0)
+    model.set_ode_normalization(
+        input_shift=z.mean(0),
+        input_scale=torch.where(std > 0, std, torch.ones_like(std)),
+        rate_scale=1.0 / (10.0 * dt),
+    )
+    x = torch.cat([inv, torch.zeros(inv.shape[0], N_STATE, dtype=inv.dtype, device=inv.device)], 1)
+    model.potential.spread_modes(x)
+    return model
+
+
+def _calibrate_indicator(model, strain, time, fixed_phase: bool) -> None:
+    """Set the phase indicator from the model and the training strains only (no ξ).
+
+    ``E0``: the least-squares slope of the model's σ11 against ε11 on the first loading branch
+    of every training history where ``|ε11| < 0.05`` (small strains, before any reversal);
+    ``e_B``: the most negative ``ε11 - σ11/E0`` along the training histories. Fixed phase: no
+    transformation to read, so ``e_B`` is the data model's ``ε_t11`` (the indicator stays ≈ 0).
+    """
+    roll = model.rollout(strain, time)
+    eps, sig = strain[..., 0], roll.stress[..., 0].detach()
+    step = torch.arange(eps.shape[1])
+    rising = torch.diff(eps, dim=1) > 0
+    first_up = torch.where(rising.any(1), rising.float().argmax(1), eps.shape[1] - 1)
+    branch = (step[None, :] <= first_up[:, None]) & (eps.abs() < 0.05) & (eps != 0)
+    modulus = float((sig[branch] * eps[branch]).sum() / eps[branch].pow(2).sum())
+    if fixed_phase:
+        model.set_indicator(modulus=modulus, strain=mm.MetamaterialParams().eps_t11)
+        return
+    inelastic = eps - sig / modulus
+    model.set_indicator(modulus=modulus, strain=float(inelastic.min()))
+
+
+def train_metamaterial(
+    *,
+    out: str | Path,
+    fixed_phase: bool = False,
+    trajectories: int = N_TRAJECTORIES,
+    epochs: int = 3000,
+    lr: float = 3e-3,
+    seed: int = 0,
+    device: str = "cpu",
+    threads: int = 0,
+    plots: bool = True,
+) -> MetamaterialTraining:
+    """Train ψ and N on the stress of sawtooth histories; write the model, plots, summary.json.
+
+    Args:
+        out: output folder (``model.safetensors``, ``summary.json``, ``history.json``,
+            ``parity.png``, ``loops.png``).
+        fixed_phase: train on the fixed-phase data (ξ ≡ 0, linear elasticity).
+        trajectories: number of histories (80 % train, 20 % held out).
+        epochs, lr: full-batch Adam steps and learning rate (gates and ρ: the same rate).
+        seed: data, split and initialisation; device: auto | cpu | cuda; threads: torch threads
+            (0: leave as is); plots: write the PNGs.
+    """
+    if trajectories < 5 or epochs < 1 or not lr > 0:
+        raise ValueError(
+            f"need trajectories >= 5, epochs >= 1, lr > 0; got trajectories={trajectories}, "
+            f"epochs={epochs}, lr={lr}."
+        )
+    if threads:
+        torch.set_num_threads(threads)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = resolve_device(device)
+    t0 = time.perf_counter()
+
+    data = mm.sawtooth_histories(trajectories, N_STEPS, seed=seed, fixed_phase=fixed_phase)
+    strain, stress = _voigt_data(data, dev)
+    times = data.time.to(dev)
+    n_train = int(round(TRAIN_FRACTION * trajectories))
+    order = torch.randperm(trajectories, generator=torch.Generator().manual_seed(seed + 1))
+    train, test = order[:n_train].to(dev), order[n_train:].to(dev)
+    s_std = stress[train][..., NORMAL].reshape(-1, len(NORMAL)).std(0)
+
+    model = build_model(strain[train], times, seed=seed, stress_std=float(s_std[0]))
+    target = stress[train][..., NORMAL] / s_std
+
+    def data_loss():
+        pred = model.rollout(strain[train], times, phase_weights=False).stress
+        return (pred[..., NORMAL] / s_std - target).pow(2).mean()
+
+    options = FitOptions(
+        epochs=epochs, lr_network=lr, lr_gates=lr, l1=0.0, log_every=max(epochs // 100, 1)
+    )
+    history = fit(model, data_loss, options, lse=model.potential, description="metamaterial")
+    train_seconds = time.perf_counter() - t0
+
+    model = model.cpu()
+    strain, stress, xi = strain.cpu(), stress.cpu(), data.xi
+    train, test = train.cpu(), test.cpu()
+    with torch.no_grad():
+        _calibrate_indicator(model, strain[train], data.time, fixed_phase)
+        roll = model.rollout(strain[test], data.time, phase_weights=True)
+    r2 = {
+        name: r2_score(roll.stress[..., j], stress[test][..., j])
+        for j, name in zip(NORMAL, ("sigma11", "sigma22", "sigma33"))
+    }
+    summary = {
+        "test_r2_stress": min(r2.values()),
+        "test_r2_components": r2,
+        "train_r2_sigma11": r2_score(
+            model.rollout(strain[train], data.time, phase_weights=False).stress[..., 0].detach(),
+            stress[train][..., 0],
+        ),
+        "seconds": time.perf_counter() - t0,
+        "train_seconds": train_seconds,
+        "fixed_phase": fixed_phase,
+        "epochs": epochs,
+        "lr": lr,
+        "seed": seed,
+        "train": n_train,
+        "test": trajectories - n_train,
+        "final_loss": history.loss[-1],
+        "rho": float(model.potential.rho().detach()),
+        "gates": model.potential.gates().tolist(),
+        "indicator": {
+            "modulus": float(model.indicator_modulus),
+            "strain": float(model.indicator_strain),
+        },
+    }
+    if not fixed_phase:  # ξ is used here only to report how well the indicators read it
+        true_xi = xi[test].reshape(-1)
+        for key, ind in (
+            ("indicator_vs_xi", roll.indicator.reshape(-1)),
+            ("mode_weight_vs_xi", roll.phase_weights[..., -1].reshape(-1)),
+        ):
+            summary[key] = {
+                "correlation": float(torch.corrcoef(torch.stack([ind, true_xi]))[0, 1]),
+                "mean_abs_difference": float((ind - true_xi).abs().mean()),
+            }
+    lse_material.save(
+        model,
+        out / "model.safetensors",
+        input_units=["1"] * 6,
+        output={"name": "psi", "units": "energy per volume (units of the bulk modulus κ)"},
+        training_box={"eps11": [float(strain[..., 0].min()), float(strain[..., 0].max())]},
+        training={
+            "data": "metamaterial sawtooth histories (SPEC §5), uniaxial strain along e1",
+            "params": mm.MetamaterialParams().__dict__,
+            "fixed_phase": fixed_phase,
+            "trajectories": trajectories,
+            "steps": N_STEPS,
+            "dt": float(data.time[1] - data.time[0]),
+            "epochs": epochs,
+            "seed": seed,
+        },
+        metrics={"test_r2_stress": summary["test_r2_stress"], "test_r2_components": r2},
+    )
+    history.save(out / "history.json")
+    _write_json(out / "summary.json", summary)
+    if plots:
+        _plots(out, roll, strain[test], stress[test], xi[test], history, fixed_phase)
+    return MetamaterialTraining(summary, model)
+
+
+def _plots(out: Path, roll, strain, stress, xi, history, fixed_phase: bool) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    for ax, j, name in ((axes[0], 0, "σ11"), (axes[1], 1, "σ22 (= σ33)")):
+        true, pred = stress[..., j].reshape(-1), roll.stress[..., j].reshape(-1)
+        ax.scatter(true, pred, s=3, alpha=0.4)
+        lim = [float(true.min()), float(true.max())]
+        ax.plot(lim, lim, "k--", lw=1)
+        ax.set_xlabel("data model")
+        ax.set_ylabel("LSE-ICNN + neural ODE")
+        ax.set_title(f"held-out {name}, R² = {r2_score(pred, true):.4f}")
+    axes[2].semilogy(history.epoch, history.loss)
+    axes[2].set_xlabel("epoch")
+    axes[2].set_ylabel("training loss (normalised stress MSE)")
+    fig.tight_layout()
+    fig.savefig(out / "parity.png", dpi=110)
+    plt.close(fig)
+
+    n = min(6, strain.shape[0])
+    fig, axes = plt.subplots(2, n, figsize=(3.2 * n, 6), squeeze=False)
+    for k in range(n):
+        ax = axes[0, k]
+        ax.plot(strain[k, :, 0], stress[k, :, 0], "k-", lw=1.5, label="data model")
+        ax.plot(strain[k, :, 0], roll.stress[k, :, 0], "r--", lw=1.2, label="model")
+        ax.set_xlabel("ε11")
+        ax.set_title(f"held-out history {k}")
+        ax = axes[1, k]
+        steps = range(strain.shape[1])
+        ax.plot(steps, stress[k, :, 0], "k-", lw=1.5, label="σ11 data")
+        ax.plot(steps, roll.stress[k, :, 0], "r--", lw=1.2, label="σ11 model")
+        if not fixed_phase:
+            ax.plot(steps, -0.1 * xi[k], "b-", lw=1, label="-0.1 ξ (data)")
+            ax.plot(steps, -0.1 * roll.indicator[k], "c--", lw=1, label="-0.1 indicator (model)")
+        ax.set_xlabel("step")
+    axes[0, 0].set_ylabel("σ11")
+    axes[0, 0].legend(fontsize=8)
+    axes[1, 0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "loops.png", dpi=110)
+    plt.close(fig)
+
+
+def register(groups) -> None:
+    p = groups["train"].add_parser(
+        "metamaterial", help="phase-transforming metamaterial: ψ(ε, h) + neural ODE for h (SPEC §5)"
+    )
+    p.add_argument("--out", required=True)
+    p.add_argument("--fixed-phase", action="store_true", help="ξ ≡ 0 data (linear elastic)")
+    p.add_argument("--trajectories", type=int, default=N_TRAJECTORIES)
+    p.add_argument("--epochs", type=int, default=3000)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0)
+    p.set_defaults(func=train_metamaterial)
