@@ -1,11 +1,13 @@
 """A potential evaluated at quadrature points, exposed to UFL as a second-order Taylor surrogate.
 
 ``QuadratureLaw(potential, inputs, mesh, quadrature_degree=q)`` binds a potential (anything with
-``derivatives(x)``, see ``lse_material.potential``) to a UFL vector expression ``inputs`` of
-length ``d`` (e.g. Voigt Green–Lagrange strain of a displacement and a concentration).
-``update()`` evaluates ``inputs`` at the quadrature points of the cells this rank owns, calls
-the potential once on all of them (float64, chunked), and fills quadrature Functions
-``x0 (d)``, ``psi0``, ``s = ∂ψ/∂x (d)``, ``H = ∂²ψ/∂x² (d×d)``. The UFL energy density
+``input_names`` and ``derivatives(x)``, see ``lse_material.potential``) to a UFL vector
+expression ``inputs`` of length ``d`` (e.g. Voigt Green–Lagrange strain of a displacement and a
+concentration). ``update()`` evaluates ``inputs`` at the quadrature points of the cells this
+rank owns, converts them in one adapter (``inputs_to_tensor``) to a contiguous float64 tensor
+``(n_points, d)``, calls the potential once on all of them (chunked, on ``device``), and fills
+quadrature Functions ``x0 (d)``, ``psi0``, ``s = ∂ψ/∂x (d)``, ``H = ∂²ψ/∂x² (d×d)``. The UFL
+energy density
 
     ψ_T(x) = ψ0 + s·(x - x0) + ½ (x - x0)ᵀ H (x - x0),     x = inputs(u)
 
@@ -14,9 +16,17 @@ has, at the current iterate (x = x0), the value ψ, gradient s and Hessian H of 
 Jacobian for any kinematics. Call ``update()`` whenever the unknowns change (the Newton
 driver in ``lse_material.fem.newton`` does).
 
-Diagnostics (quadrature Functions, or None): ``phase_weights`` (n_modes, filled by ``update``),
-``min_eigenvalue`` of H (loss of stability where negative; filled by ``update_diagnostics()``);
-``fraction_outside_box()`` is MPI-reduced.
+Point layout: quadrature point ``k`` of owned cell ``i`` (local index) is row
+``i * points_per_cell + k`` of every array the law handles.
+
+Diagnostics (quadrature Functions, or None): ``phase_weights`` (n_modes, filled by ``update``
+when the potential returns them), ``min_eigenvalue`` of H (loss of stability where negative;
+filled by ``update_diagnostics()``); ``fraction_outside_box()`` is MPI-reduced;
+``cell_average(f)`` turns any of them into a DG0 Function for VTX/XDMF output.
+
+Evaluation is rank-local. The only collective steps are the scatter of the filled Functions
+and two small reductions (non-finite count, points outside the box), so every rank raises
+together and no rank is left waiting in PETSc.
 """
 
 from __future__ import annotations
@@ -28,11 +38,22 @@ import basix.ufl
 import numpy as np
 import torch
 import ufl
+from mpi4py import MPI
 
 from lse_material.fem._dolfinx import dolfinx
 from lse_material.potential import derivatives_in_chunks
 
-__all__ = ["QuadratureLaw"]
+__all__ = ["QuadratureLaw", "inputs_to_tensor"]
+
+
+def inputs_to_tensor(values: np.ndarray, d: int, *, device: str | torch.device = "cpu"):
+    """The one adapter from DOLFINx to torch: ``Expression.eval`` output -> ``(n_points, d)``.
+
+    ``values`` has ``n_cells * points_per_cell * d`` entries in cell, point, component order
+    (any shape); returns a contiguous float64 tensor on ``device``.
+    """
+    flat = np.ascontiguousarray(values, dtype=np.float64).reshape(-1, d)
+    return torch.from_numpy(flat).to(device=torch.device(device), dtype=torch.float64)
 
 
 class QuadratureLaw:
@@ -40,8 +61,9 @@ class QuadratureLaw:
 
     Args:
         potential: has ``input_names`` and ``derivatives(x (n, d))``; trained models may also
-            have ``training_box`` (input name -> (low, high)).
-        inputs: UFL vector expression of length ``d = len(potential.input_names)``.
+            have ``training_box`` (input name -> (low, high)) and ``n_modes``.
+        inputs: UFL vector expression of length ``d = len(potential.input_names)``, its
+            components in ``potential.input_names`` order.
         mesh: the dolfinx mesh.
         quadrature_degree: degree of the quadrature rule (use ``self.dx`` in forms).
         device: torch device for the evaluation ("cpu", "cuda"); chunk: points per call.
@@ -63,44 +85,57 @@ class QuadratureLaw:
         on_outside: Literal["warn", "raise", "ignore"] = "warn",
         box_tolerance: float = 0.02,
     ):
+        if not callable(getattr(potential, "derivatives", None)) or not hasattr(
+            potential, "input_names"
+        ):
+            raise TypeError(
+                f"potential must have input_names and derivatives(x); got {type(potential).__name__}. "
+                "Wrap a closed-form torch energy in lse_material.potential.AnalyticPotential."
+            )
         names = tuple(potential.input_names)
         d = len(names)
         if ufl.shape(inputs) != (d,):
             raise ValueError(
-                f"inputs must be a UFL vector of length {d} ({', '.join(names)}); got shape {ufl.shape(inputs)}."
+                f"inputs must be a UFL vector of length {d} ({', '.join(names)}); "
+                f"got shape {ufl.shape(inputs)}. Build it with ufl.as_vector([...])."
             )
         if on_outside not in ("warn", "raise", "ignore"):
             raise ValueError(f"on_outside must be 'warn', 'raise' or 'ignore'; got {on_outside!r}.")
+        if int(chunk) < 1:
+            raise ValueError(f"chunk must be a positive number of points; got {chunk}.")
         self.potential, self.inputs, self.mesh = potential, inputs, mesh
-        self.device, self.chunk, self.on_outside = torch.device(device), chunk, on_outside
+        self.device, self.chunk, self.on_outside = torch.device(device), int(chunk), on_outside
+        self.quadrature_degree = quadrature_degree
         self.dx = ufl.Measure("dx", domain=mesh, metadata={"quadrature_degree": quadrature_degree})
 
-        def space(shape):
-            element = basix.ufl.quadrature_element(
-                mesh.basix_cell(), value_shape=shape, degree=quadrature_degree
-            )
-            return dolfinx.fem.functionspace(mesh, element)
-
-        self.x0 = dolfinx.fem.Function(space((d,)), name="law_inputs")
-        self.s = dolfinx.fem.Function(space((d,)), name="law_gradient")
-        self.H = dolfinx.fem.Function(space((d, d)), name="law_hessian")
-        self.psi0 = dolfinx.fem.Function(space(()), name="law_energy")
-        self.min_eigenvalue = dolfinx.fem.Function(space(()), name="min_tangent_eigenvalue")
+        self.x0 = self._quadrature_function((d,), "law_inputs")
+        self.s = self._quadrature_function((d,), "law_gradient")
+        self.H = self._quadrature_function((d, d), "law_hessian")
+        self.psi0 = self._quadrature_function((), "law_energy")
+        self.min_eigenvalue = self._quadrature_function((), "min_tangent_eigenvalue")
         n_modes = getattr(potential, "n_modes", None)
         self.phase_weights = (
-            None
-            if n_modes is None
-            else dolfinx.fem.Function(space((n_modes,)), name="phase_weights")
+            None if n_modes is None else self._quadrature_function((n_modes,), "phase_weights")
         )
-        points = self.x0.function_space.element.interpolation_points
+        element = self.psi0.function_space.ufl_element()
+        points, weights = element.custom_quadrature()
         self.points_per_cell = points.shape[0]
+        self._weights = weights / weights.sum()  # affine cells: the reference weights average
         self._expression = dolfinx.fem.Expression(inputs, points)
-        cell_map = mesh.topology.index_map(mesh.topology.dim)
-        self._cells = np.arange(cell_map.size_local, dtype=np.int32)  # owned cells only
+        tdim = mesh.topology.dim
+        n_cells = mesh.topology.index_map(tdim).size_local
+        self._cells = np.arange(n_cells, dtype=np.int32)  # owned cells only
+        dofs = self.psi0.function_space.dofmap.list[:n_cells].ravel()  # (n_points,)
+        self._point_dofs = None if np.array_equal(dofs, np.arange(dofs.size)) else dofs
         self._outside = np.zeros(2)  # local (outside, total) counts of the last update
         box = getattr(potential, "training_box", None)
         self._box = None
         if box:
+            missing = [n for n in names if n not in box]
+            if missing:
+                raise ValueError(
+                    f"training_box lacks the inputs {missing}; give (low, high) for each."
+                )
             bounds = torch.tensor([box[n] for n in names], dtype=torch.float64)  # (d, 2)
             margin = box_tolerance * (bounds[:, 1] - bounds[:, 0])
             self._box = torch.stack([bounds[:, 0] - margin, bounds[:, 1] + margin], dim=1)
@@ -108,59 +143,67 @@ class QuadratureLaw:
         self._hessian = None
         self._warned_fraction = 0.0
 
+    def _quadrature_function(self, shape: tuple[int, ...], name: str) -> dolfinx.fem.Function:
+        element = basix.ufl.quadrature_element(
+            self.mesh.basix_cell(), value_shape=shape, degree=self.quadrature_degree
+        )
+        return dolfinx.fem.Function(dolfinx.fem.functionspace(self.mesh, element), name=name)
+
     @property
     def input_dim(self) -> int:
         return self.x0.function_space.dofmap.bs
+
+    @property
+    def n_points(self) -> int:
+        """Quadrature points on the cells this rank owns."""
+        return self._cells.size * self.points_per_cell
 
     def energy_density(self) -> ufl.core.expr.Expr:
         """The Taylor surrogate ψ_T(inputs) as a UFL scalar (see the module docstring)."""
         dxi = self.inputs - self.x0
         return self.psi0 + ufl.dot(self.s, dxi) + 0.5 * ufl.dot(dxi, ufl.dot(self.H, dxi))
 
-    def _cell_ids(self, point_rows: np.ndarray) -> np.ndarray:
-        """Global cell indices of the given quadrature-point rows."""
-        local = np.unique(point_rows // self.points_per_cell).astype(np.int32)
-        return self.mesh.topology.index_map(self.mesh.topology.dim).local_to_global(local)
-
-    def _raise_non_finite(self, what: str, bad: np.ndarray) -> None:
-        rows = np.flatnonzero(bad)
-        cells = self._cell_ids(rows)
-        raise ValueError(
-            f"{what} at {rows.size} quadrature points in {cells.size} cells (global cell indices "
-            f"{cells[:10].tolist()}{' ...' if cells.size > 10 else ''}) on rank "
-            f"{self.mesh.comm.rank}; the solver was not called. Check the loading, the time step "
-            f"and the inputs' UFL expression."
-        )
-
+    # ----------------------------------------------------------------- evaluation
     def update(self) -> None:
-        """Evaluate the inputs at the owned quadrature points and refill the law's Functions."""
+        """Evaluate the inputs at the owned quadrature points and refill the law's Functions.
+
+        Collective. Raises ValueError on every rank if any rank has non-finite inputs or
+        outputs (the Functions are then left as they were), or, with ``on_outside="raise"``,
+        if points lie outside the training box.
+        """
         d = self.input_dim
         values = self._expression.eval(self.mesh, self._cells).reshape(-1, d)
-        bad = ~np.isfinite(values).all(axis=1)
-        if bad.any():
-            self._raise_non_finite("non-finite inputs (NaN or inf)", bad)
-        x = torch.from_numpy(np.ascontiguousarray(values)).to(self.device, torch.float64)
+        self._check_finite("non-finite inputs (NaN or inf)", ~np.isfinite(values).all(axis=1))
+        x = inputs_to_tensor(values, d, device=self.device)
         with torch.no_grad():
             result = derivatives_in_chunks(self.potential, x, chunk=self.chunk)
         energy, grad, hess = (t.detach().to("cpu", torch.float64) for t in result[:3])
-        bad = ~(
+        n = values.shape[0]
+        if energy.shape != (n,) or grad.shape != (n, d) or hess.shape != (n, d, d):
+            raise ValueError(
+                f"the potential returned energy {tuple(energy.shape)}, gradient "
+                f"{tuple(grad.shape)}, hessian {tuple(hess.shape)} for {n} points of {d} "
+                f"inputs; expected ({n},), ({n}, {d}), ({n}, {d}, {d})."
+            )
+        finite = (
             torch.isfinite(energy)
             & torch.isfinite(grad).all(1)
             & torch.isfinite(hess).flatten(1).all(1)
         )
-        if bool(bad.any()):
-            self._raise_non_finite("the law returned non-finite values", bad.numpy())
-        n = values.shape[0]
+        self._check_finite("the law returned non-finite values", ~finite.numpy())
         for function, data in (
             (self.x0, values),
             (self.psi0, energy.numpy()),
             (self.s, grad.numpy()),
             (self.H, hess.numpy()),
         ):
-            self._fill(function, data, n)
+            self._fill(function, data)
         self._hessian = hess
-        if self.phase_weights is not None and result.phase_weights is not None:
-            self._fill(self.phase_weights, result.phase_weights.detach().cpu().numpy(), n)
+        if result.phase_weights is not None:
+            weights = result.phase_weights.detach().to("cpu", torch.float64).numpy()
+            if self.phase_weights is None:  # a potential with modes but no n_modes attribute
+                self.phase_weights = self._quadrature_function(weights.shape[1:], "phase_weights")
+            self._fill(self.phase_weights, weights)
         if self._box is not None:
             xc = x.cpu()
             outside = ((xc < self._box[:, 0]) | (xc > self._box[:, 1])).any(1)
@@ -176,18 +219,68 @@ class QuadratureLaw:
         """
         if self._hessian is None:
             raise ValueError("update_diagnostics() needs a preceding update().")
-        values = torch.linalg.eigvalsh(self._hessian).min(-1).values.numpy()
-        self._fill(self.min_eigenvalue, values, values.shape[0])
+        self._fill(self.min_eigenvalue, torch.linalg.eigvalsh(self._hessian).min(-1).values.numpy())
 
-    @staticmethod
-    def _fill(function, data: np.ndarray, n_points: int) -> None:
-        flat = np.asarray(data, dtype=np.float64).reshape(n_points, -1).ravel()
-        function.x.array[: flat.size] = flat
+    def _fill(self, function: dolfinx.fem.Function, data: np.ndarray) -> None:
+        """Write ``data (n_points, ...)`` into a quadrature Function and update its ghosts."""
+        block = np.asarray(data, dtype=np.float64).reshape(self.n_points, -1)
+        if self._point_dofs is None:  # DOLFINx numbers quadrature dofs cell by cell
+            function.x.array[: block.size] = block.ravel()
+        else:
+            function.x.array.reshape(-1, block.shape[1])[self._point_dofs] = block
         function.x.scatter_forward()
 
+    def point_values(self, function: dolfinx.fem.Function) -> np.ndarray:
+        """The owned values of a quadrature Function of this law as ``(n_points, value_size)``."""
+        bs = function.function_space.dofmap.bs
+        array = function.x.array.reshape(-1, bs)
+        return array[: self.n_points] if self._point_dofs is None else array[self._point_dofs]
+
+    def cell_average(self, function: dolfinx.fem.Function, *, name: str | None = None):
+        """A DG0 Function (same value shape) holding the cell mean of a quadrature Function.
+
+        The mean is weighted by the quadrature weights (exact cell average on affine cells).
+        Use it to write diagnostics with VTX/XDMF, which cannot write quadrature spaces.
+        """
+        shape = function.function_space.value_shape
+        dg0 = dolfinx.fem.functionspace(self.mesh, ("DG", 0, shape) if shape else ("DG", 0))
+        out = dolfinx.fem.Function(dg0, name=name or f"{function.name}_cell_mean")
+        values = self.point_values(function).reshape(self._cells.size, self.points_per_cell, -1)
+        means = np.einsum("q,cqk->ck", self._weights, values)
+        cell_dofs = dg0.dofmap.list[: self._cells.size, 0]
+        out.x.array.reshape(-1, means.shape[1])[cell_dofs] = means
+        out.x.scatter_forward()
+        return out
+
+    # ----------------------------------------------------------------- checks
+    def _check_finite(self, what: str, bad: np.ndarray) -> None:
+        """Collective: raise on every rank when any rank has a True in ``bad (n_points,)``."""
+        local = int(np.count_nonzero(bad))
+        total = self.mesh.comm.allreduce(local, op=MPI.SUM)
+        if total == 0:
+            return
+        comm = self.mesh.comm
+        here = "no such points on this rank"
+        if local:
+            cells = np.unique(np.flatnonzero(bad) // self.points_per_cell).astype(np.int32)
+            glob = self.mesh.topology.index_map(self.mesh.topology.dim).local_to_global(cells)
+            more = " ..." if cells.size > 10 else ""
+            here = (
+                f"{local} of them in {cells.size} cells (global cell indices "
+                f"{glob[:10].tolist()}{more}; local {cells[:10].tolist()}{more})"
+            )
+        raise ValueError(
+            f"{what} at {total} quadrature points over {comm.size} rank(s); on rank "
+            f"{comm.rank}: {here}. The solver was not called. Check the loading, the step size "
+            "and the inputs' UFL expression (e.g. det F <= 0 under a log or a square root)."
+        )
+
     def fraction_outside_box(self) -> float:
-        """Fraction of all quadrature points (all ranks) outside the training box at the last update."""
-        total = self.mesh.comm.allreduce(self._outside, op=_mpi_sum())
+        """Fraction of all quadrature points (all ranks) outside the training box at the last update.
+
+        Collective; 0.0 when the potential has no ``training_box``.
+        """
+        total = self.mesh.comm.allreduce(self._outside, op=MPI.SUM)
         return float(total[0] / total[1]) if total[1] else 0.0
 
     def _check_outside(self) -> None:
@@ -201,14 +294,10 @@ class QuadratureLaw:
             "the law extrapolates there."
         )
         if self.on_outside == "raise":
-            raise ValueError(message + " (on_outside='raise')")
+            raise ValueError(
+                message + " (on_outside='raise'; reduce the load or pass on_outside='warn')"
+            )
         if fraction > 2 * self._warned_fraction:  # warn once, and again only if it doubles
             self._warned_fraction = fraction
             if self.mesh.comm.rank == 0:
                 warnings.warn(message, RuntimeWarning, stacklevel=3)
-
-
-def _mpi_sum():
-    from mpi4py import MPI
-
-    return MPI.SUM
