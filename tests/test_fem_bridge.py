@@ -273,3 +273,16 @@ def test_serial_and_two_ranks_agree(tmp_path, mode):
     assert abs(parallel["reaction"] - serial["reaction"]) <= 1e-8 * abs(serial["reaction"])
     assert abs(parallel["u_norm"] - serial["u_norm"]) <= 1e-8 * serial["u_norm"]
     assert parallel["iterations"] == serial["iterations"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_law_on_the_gpu_fills_the_same_functions():
+    mesh, V, u, c = _block(n=2)
+    inputs, _ = mechanochemical_inputs(u, c)
+    cpu = QuadratureLaw(mc.potential(), inputs, mesh, quadrature_degree=2)
+    gpu = QuadratureLaw(mc.potential(), inputs, mesh, quadrature_degree=2, device="cuda", chunk=5)
+    cpu.update()
+    gpu.update()
+    for name in ("psi0", "s", "H"):
+        a, b = getattr(cpu, name).x.array, getattr(gpu, name).x.array
+        assert np.allclose(a, b, rtol=1e-12, atol=1e-12), name
