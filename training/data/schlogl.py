@@ -58,14 +58,16 @@ def _ssa(
             total > 0, rng.exponential(1.0, active.size) / np.maximum(total, 1e-300), np.inf
         )
         t_new = t[active] + dt
-        # Record observations passed before this event (state is still the old one).
-        for i in range(times.size):
-            hit = (next_obs[active] == i) & (t_new > times[i])
+        # Record the observation times this event jumps over: the state there is the one
+        # before the event (an event can jump over several, hence the loop).
+        while True:
+            nxt = next_obs[active]
+            hit = (nxt < times.size) & (t_new > times[np.minimum(nxt, times.size - 1)])
             if not hit.any():
-                continue
+                break
             rows = active[hit]
-            states[rows, i] = x[rows]
-            next_obs[rows] = i + 1
+            states[rows, next_obs[rows]] = x[rows]
+            next_obs[rows] += 1
         u = rng.random(active.size) * total
         reaction = (np.cumsum(a, axis=1) < u[:, None]).sum(axis=1)
         reaction = np.minimum(reaction, changes.size - 1)
