@@ -370,6 +370,14 @@ def _plots(out: Path, summary: dict, other: dict | None) -> None:
     right = [np.nan if v is None else v / summary["parameters"]["length"] for v in summary["front_right"]]
     axes[1].plot(steps, left, "g-", label="left front / L")
     axes[1].plot(steps, right, "m-", label="right front / L")
+    if other is not None:
+        axes[1].plot(
+            np.arange(len(other["transformed_fraction"])),
+            other["transformed_fraction"],
+            "b:",
+            label=f"transformed fraction ({other['law']})",
+        )
+    axes[1].set_title(f"{label}: transformation fronts (phase indicator > 1/2)")
     axes[1].set_xlabel("step")
     axes[1].legend()
     fig.tight_layout()
