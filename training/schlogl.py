@@ -9,7 +9,10 @@ train as one ensemble model (one member per time). After the L1 phase, the batch
 elimination of ``training.fit`` removes a mode when the loss rises by at most
 ``nll_tolerance`` nats per sample; by default the BIC price of one log-concave component with
 about four parameters (weight, location, scale, shape), ``2 ln(n) / n`` (0.092 nats for
-n = 100) [ours].
+n = 100) [ours]. Measured (defaults, seed 0): 1 mode at every t ≤ 1.2, 2 at every t ≥ 2.3;
+in the split window between (12–23 of the 100 training trajectories above X = 400, most of
+them still in transit) a second mode gains only 0.03–0.07 nats per sample after fine-tuning,
+below that price, so the count alternates between 1 and 2 there.
 
 Choices [ours]:
 
