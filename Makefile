@@ -15,7 +15,7 @@ FIND_PYTHON := for p in python3.12 python3.13; do \
 
 .PHONY: venv demo test test-full lint format bench clean
 
-$(VENV)/.installed: pyproject.toml constraints.txt
+$(VENV)/.installed: pyproject.toml constraints.txt setup.py lse_material/_kernel.c
 	@base=$$($(FIND_PYTHON)); \
 	if [ -z "$$base" ]; then echo "No Python >= 3.12 found (tried python3.12, python3.13, pyenv versions). Install one." >&2; exit 1; fi; \
 	echo "Using $$base"; \

@@ -3,7 +3,10 @@
 Three ways to get energy, gradient and Hessian of the same model at the same points, in one
 run, float64, one thread:
 
-- ``closed_form``: ``LSEICNN.derivatives`` (the library's path; chunked, no autograd graph);
+- ``closed_form``: ``LSEICNN.derivatives`` (the library's path; chunked, no autograd graph):
+  the fused CPU kernel when it is built, reported as ``closed_form_kernel``;
+- ``closed_form_torch``: the same closed form in torch operations (``LSE_MATERIAL_NATIVE=0``;
+  the GPU path);
 - ``vmap_jacfwd``: per-point ``torch.func.vmap(jacfwd(grad(ψ)))`` — the pattern of the
   dolfinx-external-operator ICNN demo;
 - ``autograd``: batched autograd, one backward for the gradient and d double-backwards for
@@ -13,11 +16,13 @@ run, float64, one thread:
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
 import torch
 
+from lse_material import _native
 from lse_material.jsonio import write_json
 from lse_material.modelfile import load
 from lse_material.potential import derivatives_in_chunks
@@ -61,6 +66,17 @@ def bench_law(
     def closed_form():
         return derivatives_in_chunks(law, x)
 
+    def closed_form_torch():
+        previous = os.environ.get("LSE_MATERIAL_NATIVE")
+        os.environ["LSE_MATERIAL_NATIVE"] = "0"
+        try:
+            return derivatives_in_chunks(law, x)
+        finally:
+            if previous is None:
+                del os.environ["LSE_MATERIAL_NATIVE"]
+            else:
+                os.environ["LSE_MATERIAL_NATIVE"] = previous
+
     def energy_of_point(p):
         return law(p[None])[0]
 
@@ -93,9 +109,12 @@ def bench_law(
         [torch.autograd.grad(gr[:, j].sum(), xs, retain_graph=True)[0] for j in range(d)], 1
     )
     agreement = float((ref.hessian[sub] - h_ad).abs().max() / h_ad.abs().max())
+    torch_path = closed_form_torch()
+    agreement_torch = float((torch_path.hessian[sub] - h_ad).abs().max() / h_ad.abs().max())
 
     times = {
         "closed_form": _best_time(closed_form, repeats),
+        "closed_form_torch": _best_time(closed_form_torch, repeats),
         "autograd": _best_time(autograd, repeats),
         "vmap_jacfwd": _best_time(vmap_jacfwd, 1),
     }
@@ -110,7 +129,10 @@ def bench_law(
         "microseconds_per_point": {k: 1e6 * v / points for k, v in times.items()},
         "speedup_vs_vmap_jacfwd": times["vmap_jacfwd"] / times["closed_form"],
         "speedup_vs_autograd": times["autograd"] / times["closed_form"],
+        "closed_form_kernel": "fused C kernel" if _native.available() else "torch",
+        "speedup_torch_path_vs_autograd": times["autograd"] / times["closed_form_torch"],
         "hessian_max_rel_difference_vs_autograd": agreement,
+        "hessian_max_rel_difference_vs_autograd_torch_path": agreement_torch,
     }
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -95,7 +95,14 @@ def tensor_to_voigt(t: torch.Tensor, *, engineering: bool = True) -> torch.Tenso
     """
     f = 2.0 if engineering else 1.0
     return torch.stack(
-        [t[..., 0, 0], t[..., 1, 1], t[..., 2, 2], f * t[..., 1, 2], f * t[..., 0, 2], f * t[..., 0, 1]],
+        [
+            t[..., 0, 0],
+            t[..., 1, 1],
+            t[..., 2, 2],
+            f * t[..., 1, 2],
+            f * t[..., 0, 2],
+            f * t[..., 0, 1],
+        ],
         dim=-1,
     )
 
@@ -148,7 +155,13 @@ def ode_invariants(strain: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
     e1 = torch.stack([strain[..., 0], 0.5 * strain[..., 5], 0.5 * strain[..., 4]], -1)  # ε e1
     r1 = torch.stack([rate[..., 0], 0.5 * rate[..., 5], 0.5 * rate[..., 4]], -1)
     return torch.cat(
-        [inv, e1.pow(2).sum(-1, keepdim=True), rinv, k1.unsqueeze(-1), (e1 * r1).sum(-1, keepdim=True)],
+        [
+            inv,
+            e1.pow(2).sum(-1, keepdim=True),
+            rinv,
+            k1.unsqueeze(-1),
+            (e1 * r1).sum(-1, keepdim=True),
+        ],
         dim=-1,
     )
 
@@ -232,7 +245,8 @@ class _ODENetwork(nn.Module):
             for layer in self.layers:
                 bound = (6.0 / (layer.in_features + layer.out_features)) ** 0.5
                 layer.weight.copy_(
-                    bound * (2 * torch.rand(layer.weight.shape, dtype=dtype, generator=generator) - 1)
+                    bound
+                    * (2 * torch.rand(layer.weight.shape, dtype=dtype, generator=generator) - 1)
                 )
                 layer.bias.zero_()
 
@@ -327,7 +341,9 @@ class HiddenStateMaterial(nn.Module):
         if shift.numel() != n or scale.numel() != n:
             raise ValueError(f"input_shift and input_scale need {n} values ({ODE_INPUT_NAMES}).")
         if not (bool(torch.isfinite(shift).all()) and bool((scale > 0).all()) and rate_scale > 0):
-            raise ValueError("ODE normalisation must be finite with positive scales and rate_scale.")
+            raise ValueError(
+                "ODE normalisation must be finite with positive scales and rate_scale."
+            )
         self.ode_input_shift.copy_(shift)
         self.ode_input_scale.copy_(scale)
         self.rate_scale.fill_(float(rate_scale))
@@ -438,7 +454,9 @@ class HiddenStateMaterial(nn.Module):
         only ``h``, and ψ's derivatives are evaluated once on all ``B·T`` points.
         """
         if strain.ndim != 3 or strain.shape[-1] != 6:
-            raise ValueError(f"strain must be (B, T, 6) Voigt histories; got {tuple(strain.shape)}.")
+            raise ValueError(
+                f"strain must be (B, T, 6) Voigt histories; got {tuple(strain.shape)}."
+            )
         B, T, _ = strain.shape
         time = torch.as_tensor(time, dtype=strain.dtype, device=strain.device).expand(B, T)
         dt = (time[:, 1:] - time[:, :-1]).unsqueeze(-1)  # (B, T-1, 1)
@@ -520,7 +538,9 @@ class MaterialPoints:
         """End-of-step values at ``strain (n, 6)`` over ``dt``; does not commit."""
         eps = as_float64_tensor(strain, 6, name="strain", device=self.strain.device)
         if eps.shape[0] != self.n_points:
-            raise ValueError(f"strain has {eps.shape[0]} points, these material points {self.n_points}.")
+            raise ValueError(
+                f"strain has {eps.shape[0]} points, these material points {self.n_points}."
+            )
         result = self.law.step(self.strain, self.state, eps, dt=dt, tangent=tangent)
         self._trial_strain = eps.detach().clone()
         self.last = result

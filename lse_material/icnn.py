@@ -20,7 +20,70 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ICNNStack", "ModeDerivatives"]
+__all__ = ["DerivativeWeights", "HessianParts", "ICNNStack", "ModeDerivatives"]
+
+
+class HessianParts(NamedTuple):
+    """Energies, gradients and the mode Hessians as weighted sums of rank-one terms:
+
+    ``∇²W_n = Σ_j fixed_weights[.., n, p, j] fixed_outer[.., n, j] +
+    Σ_k Σ_j row_weights[k][.., n, p, j] G ⊗ G``, ``G = columns[k][.., n, p, :, j]``.
+
+    With ``k`` differentiated inputs: energy ``(*ensemble, N, P)``; gradient
+    ``(*ensemble, N, P, k)``; fixed_weights ``(*ensemble, N, P, h_1)`` and fixed_outer
+    ``(*ensemble, N, h_1, k, k)`` (first layer: the same outer products at every point);
+    columns[k] ``(*ensemble, N, P, k, h_j)`` (the Jacobians of the later layers'
+    pre-activations, one column per unit) and row_weights[k] ``(*ensemble, N, P, h_j)``. All
+    weights are ≥ 0. Without a Hessian request, fixed_weights and fixed_outer are None and the
+    lists are empty.
+    """
+
+    energy: torch.Tensor
+    gradient: torch.Tensor
+    fixed_weights: torch.Tensor | None
+    fixed_outer: torch.Tensor | None
+    columns: list
+    row_weights: list
+
+    def hessian(self, mode_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """The mode Hessians ``(*ensemble, N, P, k, k)``, or with ``mode_weights (*ensemble, N, P)``
+        their weighted sum ``Σ_n m_n ∇²W_n``, ``(*ensemble, P, k, k)``, without forming them.
+
+        The fixed part is one matrix product over all points; each later layer is one batched
+        product ``(G w) Gᵀ`` of its columns.
+        """
+        if self.fixed_outer is None:
+            raise ValueError("these parts were computed without the Hessian (hessian=False).")
+        k = self.gradient.shape[-1]
+        if mode_weights is None:
+            hess = (self.fixed_weights @ self.fixed_outer.flatten(-2)).unflatten(-1, (k, k))
+            for G, weights in zip(self.columns, self.row_weights):
+                hess = hess + (G * weights.unsqueeze(-2)) @ G.mT
+            return hess
+        m = mode_weights.unsqueeze(-1)
+        fixed = (m * self.fixed_weights).transpose(-3, -2).flatten(-2)  # (.., P, N·h_1)
+        hess = (fixed @ self.fixed_outer.flatten(-4, -3).flatten(-2)).unflatten(-1, (k, k))
+        for G, weights in zip(self.columns, self.row_weights):
+            hess = hess + ((G * (m * weights).unsqueeze(-2)) @ G.mT).sum(-4)
+        return hess
+
+
+class DerivativeWeights(NamedTuple):
+    """What the closed-form pass needs, derived from the parameters once per evaluation.
+
+    layers: the layer weights (``Weights``) for the forward pass. A, a_out: the x-weights of
+    every layer ``(*ensemble, N, h_j, k)`` and of the output ``(*ensemble, N, k)`` restricted to
+    the ``k`` differentiated inputs and multiplied by their chain-rule scale (so derivatives
+    come out in the caller's units). T ``(*ensemble, N, h_1 + 1, k·h_2)``: the fixed map
+    ``[σ'(a_1), 1] -> G_2`` (None for one hidden layer); fixed_outer
+    ``(*ensemble, N, h_1, k, k)``: the outer products ``A_0j ⊗ A_0j``.
+    """
+
+    layers: Weights
+    A: list
+    a_out: torch.Tensor
+    T: torch.Tensor | None
+    fixed_outer: torch.Tensor
 
 
 class ModeDerivatives(NamedTuple):
@@ -151,45 +214,83 @@ class ICNNStack(nn.Module):
     def derivatives(
         self, x: torch.Tensor, *, hessian: bool = True, modes: torch.Tensor | None = None
     ) -> ModeDerivatives:
-        """Mode energies, gradients and Hessians in closed form (no autograd graph needed).
+        """Mode energies, gradients and Hessians in closed form (see ``hessian_parts``).
 
-        Forward pass carries ``∇a_k`` (the Jacobian of each pre-activation); a backward pass
-        gives the adjoints ``λ_k = ∂W/∂z_k``. Since the only non-linearities are the
-        element-wise σ, the Hessian is exactly
-        ``∇²W = Σ_k Σ_j λ_kj σ''(a_kj) ∇a_kj ∇a_kjᵀ``
-        (a sum of non-negative rank-one terms: λ ≥ 0 and σ'' ≥ 0, so it is PSD by construction).
         ``modes``: evaluate only these modes (an index tensor), as in ``forward``.
         """
-        w = self.weights(modes)
+        parts = self.hessian_parts(x, self.derivative_weights(modes), hessian=hessian)
+        return ModeDerivatives(parts.energy, parts.gradient, parts.hessian() if hessian else None)
+
+    def derivative_weights(
+        self,
+        modes: torch.Tensor | None = None,
+        wrt: torch.Tensor | None = None,
+        scale: torch.Tensor | None = None,
+    ) -> DerivativeWeights:
+        """The weights of ``hessian_parts`` for the modes ``modes`` (index tensor or None for
+        all), differentiating with respect to the inputs ``wrt`` (index tensor or None for all),
+        each derivative multiplied by ``scale (k,)`` (the chain rule of an input normalisation)."""
+        layers = self.weights(modes)
+        A, a_out = layers.A, layers.a_out
+        if wrt is not None:
+            A, a_out = [a[..., wrt] for a in A], a_out[..., wrt]
+        if scale is not None:
+            A, a_out = [a * scale for a in A], a_out * scale
+        T = None
+        if len(A) > 1:  # T[i, :, o] = B_1[o, i] A_0[i, :];  T[h_1, :, o] = A_1[o, :]
+            T = A[0].unsqueeze(-1) * layers.B[0].mT.unsqueeze(-2)  # (.., N, h_1, k, h_2)
+            T = torch.cat([T, A[1].mT.unsqueeze(-3)], dim=-3).flatten(-2)
+        fixed_outer = A[0].unsqueeze(-1) * A[0].unsqueeze(-2)
+        return DerivativeWeights(layers, A, a_out, T, fixed_outer)
+
+    def hessian_parts(
+        self, x: torch.Tensor, weights: DerivativeWeights, *, hessian: bool = True
+    ) -> HessianParts:
+        """Energies, gradients and the Hessians of all modes as sums of rank-one terms.
+
+        x ``(*ensemble, P, d)`` or ``(P, d)``; weights from ``derivative_weights``. Forward pass:
+        pre-activations ``a_j`` and, for layers j ≥ 2, their Jacobians
+        ``G_j = ∇a_j = B_{j-1} diag(σ'(a_{j-1})) G_{j-1} + A_{j-1}`` (``G_1 = A_0`` is the same at
+        every point). Backward pass: adjoints ``λ_j = ∂W/∂z_j`` (``λ_K = b_out``,
+        ``λ_{j-1} = B_{j-1}ᵀ (λ_j σ'(a_j))``) give ``∇W = a_out + Σ_j A_{j-1}ᵀ (λ_j σ'(a_j))``.
+        The element-wise σ are the only non-linearities, so the Hessian is exactly
+
+            ∇²W = Σ_j Σ_u λ_ju σ''(a_ju) G_ju ⊗ G_ju
+
+        (non-negative weights: PSD by construction).
+        """
+        w = weights.layers
         x_parts = _pre_activations(w, x)
-        first = w.A[0].unsqueeze(-3).expand(*x_parts[0].shape, self.n_inputs)
-        pre, grad_pre = [x_parts[0]], [first]  # ∇a_1 = A_0 at every point, (.., N, P, h, d)
-        z = F.softplus(pre[0])
-        dz = torch.sigmoid(pre[0]).unsqueeze(-1) * grad_pre[0]
-        for B, A, xa in zip(w.B, w.A[1:], x_parts[1:]):
-            a = torch.einsum("...noi,...npi->...npo", B, z) + xa
-            da = torch.einsum("...noi,...npid->...npod", B, dz) + A.unsqueeze(-3)
-            pre.append(a)
-            grad_pre.append(da)
+        sig, z, columns = [], None, []
+        for j, xa in enumerate(x_parts):
+            a = xa if j == 0 else xa + z @ w.B[j - 1].mT
+            if hessian and j == 1:  # G_2 = [σ'(a_1), 1] @ T: one matrix product over the points
+                s = torch.cat([sig[0], torch.ones_like(sig[0][..., :1])], dim=-1)
+                columns.append((s @ weights.T).unflatten(-1, (weights.a_out.shape[-1], -1)))
+            elif hessian and j > 1:  # G_j = (G_{j-1} diag σ'(a_{j-1})) B_{j-1}ᵀ + A_{j-1}ᵀ
+                G = columns[-1] * sig[j - 1].unsqueeze(-2)  # (.., N, P, k, h_{j-1})
+                G = (G.flatten(-3, -2) @ w.B[j - 1].mT).unflatten(-2, G.shape[-3:-1])
+                columns.append(G + weights.A[j].mT.unsqueeze(-3))
+            sig.append(torch.sigmoid(a))
             z = F.softplus(a)
-            dz = torch.sigmoid(a).unsqueeze(-1) * da
-        energy = torch.einsum("...nh,...nph->...np", w.b_out, z)
+        energy = (z @ w.b_out.unsqueeze(-1)).squeeze(-1)
         energy = energy + torch.einsum("...nd,...pd->...np", w.a_out, x) + w.c.unsqueeze(-1)
-        gradient = torch.einsum("...nh,...nphd->...npd", w.b_out, dz) + w.a_out.unsqueeze(-2)
+        # Backward: λ_K = b_out (the same at every point), λ_{j-1} = B_{j-1}ᵀ (λ_j σ'(a_j)).
+        adjoint = w.b_out.unsqueeze(-2)  # (.., N, 1, h_K)
+        gradient = weights.a_out.unsqueeze(-2)  # (.., N, 1, k)
+        row_weights = []
+        for j in range(len(sig) - 1, -1, -1):
+            u = adjoint * sig[j]  # λ_j σ'(a_j), (.., N, P, h_j)
+            gradient = gradient + u @ weights.A[j]
+            if hessian:
+                row_weights.insert(0, u * (1 - sig[j]))  # λ σ''(a) = λ σ'(a) (1 - σ'(a))
+            if j > 0:
+                adjoint = u @ w.B[j - 1]
         if not hessian:
-            return ModeDerivatives(energy, gradient, None)
-        # Backward: adjoint of z_K is b_out; of z_k is B_kᵀ (λ_{k+1} σ'(a_{k+1})).
-        adjoint = w.b_out.unsqueeze(-2)  # (.., N, 1, h_K), broadcasts over P
-        hess = 0.0
-        for k in range(len(pre) - 1, -1, -1):
-            s = torch.sigmoid(pre[k])
-            weight = adjoint * s * (1 - s)  # λ σ''(a), (.., N, P, h)
-            hess = hess + torch.einsum(
-                "...nphd,...nph,...nphe->...npde", grad_pre[k], weight, grad_pre[k]
-            )
-            if k > 0:
-                adjoint = torch.einsum("...noi,...npo->...npi", w.B[k - 1], adjoint * s)
-        return ModeDerivatives(energy, gradient, hess)
+            return HessianParts(energy, gradient, None, None, [], [])
+        return HessianParts(
+            energy, gradient, row_weights[0], weights.fixed_outer, columns, row_weights[1:]
+        )
 
 
 class Weights(NamedTuple):

@@ -16,8 +16,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from lse_material.icnn import ICNNStack
-from lse_material.potential import EnergyDerivatives, as_float64_tensor
+from lse_material import _native
+from lse_material.icnn import DerivativeWeights, ICNNStack
+from lse_material.potential import EnergyDerivatives, as_float64_tensor, check_wrt
 
 __all__ = ["LSEICNN", "ACTIVE_GATE_THRESHOLD"]
 
@@ -191,42 +192,116 @@ class LSEICNN(nn.Module):
         x_n = self._normalize(x)
         return torch.softmax(self._logits(x_n, self.modes(x_n), None), dim=-2).transpose(-1, -2)
 
-    def derivatives(self, x, *, hessian: bool = True) -> EnergyDerivatives:
+    def derivatives(self, x, *, hessian: bool = True, wrt=None) -> EnergyDerivatives:
         """Energy, gradient, Hessian and phase weights in one closed-form pass (SPEC §1).
 
         x: ``(P, d)`` (array-like, validated) for a single model, or ``(*ensemble, P, d)``.
-        Returns ``energy (.., P)``, ``gradient (.., P, d)``, ``hessian (.., P, d, d)``,
-        ``phase_weights (.., P, N)``, in physical units:
-        ``∇W = Σ p_i ∇W_i``, ``∇²W = Σ p_i ∇²W_i - ρ (Σ p_i ∇W_i ∇W_iᵀ - ∇W ∇Wᵀ)``.
+        wrt: indices of the inputs to differentiate with respect to (default: all ``d``; the
+        others are held at their values), ``k`` of them. Returns ``energy (.., P)``,
+        ``gradient (.., P, k)``, ``hessian (.., P, k, k)``, ``phase_weights (.., P, N)``, in
+        physical units: ``∇W = Σ p_i ∇W_i``,
+        ``∇²W = Σ p_i ∇²W_i - ρ (Σ p_i ∇W_i ∇W_iᵀ - ∇W ∇Wᵀ)``.
         """
         if not self.ensemble_shape:
             p0 = next(self.parameters())
             x = as_float64_tensor(x, self.n_inputs, device=p0.device).to(p0.dtype)
+        wrt = _input_indices(wrt, self.n_inputs, x.device)
+        if self._native_applies(x):
+            return self._native_derivatives(x, hessian, wrt)
         rho = self.rho()
         index = self._open_modes()
         x_n = self._normalize(x)
-        modes = self.modes.derivatives(x_n, hessian=hessian, modes=index)
+        modes = self.modes.hessian_parts(x_n, self._derivative_weights(index, wrt), hessian=hessian)
         logits = self._logits(x_n, modes.energy, index)  # (.., N_eval, P)
         energy = -torch.logsumexp(logits, dim=-2) / rho.unsqueeze(-1)
+        energy = self.energy_scale * energy + self.energy_shift
         p = torch.softmax(logits, dim=-2)  # (.., N_eval, P)
-        grad = torch.einsum("...np,...npd->...pd", p, modes.gradient)
+        grad = torch.einsum("...np,...npk->...pk", p, modes.gradient)  # network energy units
         hess = None
         if hessian:
-            second = torch.einsum("...np,...npd,...npe->...pde", p, modes.gradient, modes.gradient)
-            hess = torch.einsum("...np,...npde->...pde", p, modes.hessian) - rho[
-                ..., None, None, None
-            ] * (second - grad.unsqueeze(-1) * grad.unsqueeze(-2))
-        # Back to physical units.
-        es, inv = self.energy_scale, 1.0 / self.input_scale
-        energy = es * energy + self.energy_shift
-        grad = es * grad * inv
-        if hess is not None:
-            hess = es * hess * inv.unsqueeze(-1) * inv
+            # Σ_i p_i ∇W_i ∇W_iᵀ - ∇W ∇Wᵀ = Σ_i p_i D_i D_iᵀ with D_i = ∇W_i - ∇W.
+            m = self.energy_scale * p
+            D = modes.gradient - grad.unsqueeze(-3)
+            spread = ((rho[..., None, None] * m).unsqueeze(-1) * D).unsqueeze(-1) * D.unsqueeze(-2)
+            hess = modes.hessian(m) - spread.sum(-4)
+        grad = self.energy_scale * grad
         if index is not None:  # closed modes have phase weight exactly 0
             p = torch.zeros(self.n_modes, p.shape[-1], dtype=p.dtype, device=p.device).index_copy(
                 0, index, p
             )
         return EnergyDerivatives(energy, grad, hess, p.transpose(-1, -2))
+
+    def _derivative_weights(self, index, wrt) -> DerivativeWeights:
+        """``ICNNStack.derivative_weights`` for the open modes, derivatives in physical units."""
+        scale = 1.0 / (self.input_scale if wrt is None else self.input_scale[wrt])
+        if torch.is_grad_enabled():
+            return self.modes.derivative_weights(index, wrt, scale)
+        return self._cached(
+            "derivative_weights",
+            (_as_key(index), _as_key(wrt)),
+            lambda: self.modes.derivative_weights(index, wrt, scale),
+        )
+
+    def _cached(self, name: str, extra: tuple, build):
+        """``build()``, reused until a parameter or buffer changes (in place or replaced) or
+        ``extra`` differs. Only for values that need no autograd graph."""
+        key = (
+            extra,
+            tuple(
+                (t.data_ptr(), t._version, t.device) for t in (*self.parameters(), *self.buffers())
+            ),
+        )
+        cache = self.__dict__.setdefault("_evaluation_cache", {})
+        if name not in cache or cache[name][0] != key:
+            cache[name] = (key, build())
+        return cache[name][1]
+
+    # ----------------------------------------------------------------- fused CPU kernel
+    def _native_applies(self, x: torch.Tensor) -> bool:
+        """The fused kernel serves single float64 CPU models when no autograd graph is needed."""
+        if self.ensemble_shape or x.device.type != "cpu" or x.dtype != torch.float64:
+            return False
+        if len(self.modes.hidden) > _native.MAX_LAYERS or self.n_modes > _native.MAX_MODES:
+            return False
+        if torch.is_grad_enabled() and (
+            x.requires_grad or any(p.requires_grad for p in self.parameters())
+        ):
+            return False
+        return self.gate_weights.dtype == torch.float64 and _native.available()
+
+    def _native_derivatives(self, x, hessian: bool, wrt) -> EnergyDerivatives:
+        index = self._open_modes()
+        weights = self._cached("native", (_as_key(index),), lambda: self._native_weights(index))
+        columns = torch.arange(self.n_inputs) if wrt is None else wrt
+        result = _native.derivatives(weights, x, columns, hessian=hessian)
+        phase = result.phase
+        if index is not None:  # closed modes have phase weight exactly 0
+            phase = x.new_zeros(x.shape[0], self.n_modes).index_copy_(1, index, phase)
+        return EnergyDerivatives(result.energy, result.gradient, result.hessian, phase)
+
+    @torch.no_grad()
+    def _native_weights(self, index) -> _native.NativeWeights:
+        """The kernel's weights of the open modes, the input normalisation folded in:
+        ``A (x - shift)/scale + b = (A/scale) x + (b - (A/scale)·shift)``."""
+        w = self.modes.weights(index)
+        scale, shift = self.input_scale, self.input_shift
+        parts = []
+        for j, (A, b) in enumerate(zip(w.A, w.b)):
+            A_phys = A / scale  # (N, h_j, d)
+            parts += [A_phys.flatten(1), b - A_phys @ shift]
+            if j > 0:
+                parts.append(w.B[j - 1].flatten(1))
+        a_out = w.a_out / scale
+        parts += [w.b_out, a_out, (w.c - a_out @ shift).unsqueeze(-1)]
+        log_gates = self._log_gates() if index is None else self._log_gates()[index]
+        return _native.NativeWeights(
+            torch.cat(parts, dim=1).contiguous(),
+            torch.tensor(self.modes.hidden, dtype=torch.int64),
+            log_gates.contiguous(),
+            float(self.rho()),
+            float(self.energy_scale),
+            float(self.energy_shift),
+        )
 
     # ----------------------------------------------------------------- model files
     def architecture(self) -> dict:
@@ -274,3 +349,15 @@ class LSEICNN(nn.Module):
         }
         single.load_state_dict(state)
         return single
+
+
+def _as_key(index: torch.Tensor | None):
+    return None if index is None else tuple(index.tolist())
+
+
+def _input_indices(wrt, n_inputs: int, device) -> torch.Tensor | None:
+    """``wrt`` validated as an index tensor, or None when it means all inputs in order."""
+    if wrt is None:
+        return None
+    columns = check_wrt(wrt, n_inputs)
+    return None if columns == list(range(n_inputs)) else torch.tensor(columns, device=device)

@@ -30,7 +30,10 @@ FORMAT_VERSION = 1
 HEADER_KEY = "lse_material"
 # class name in the file -> "module:attribute". Classes provide `architecture() -> dict` and
 # `from_architecture(arch: dict) -> instance`.
-MODEL_CLASSES = {"LSEICNN": "lse_material.lse:LSEICNN", "HiddenStateMaterial": "lse_material.hidden_state:HiddenStateMaterial"}
+MODEL_CLASSES = {
+    "LSEICNN": "lse_material.lse:LSEICNN",
+    "HiddenStateMaterial": "lse_material.hidden_state:HiddenStateMaterial",
+}
 
 
 class ModelFileError(ValueError):

@@ -19,6 +19,7 @@ __all__ = [
     "Potential",
     "AnalyticPotential",
     "as_float64_tensor",
+    "check_wrt",
     "derivatives_in_chunks",
 ]
 
@@ -44,8 +45,16 @@ class Potential(Protocol):
 
     input_names: tuple[str, ...]
 
-    def derivatives(self, x: torch.Tensor, *, hessian: bool = True) -> EnergyDerivatives:
-        """Energy, gradient and (optionally) Hessian at ``x`` of shape ``(n_points, n_inputs)``."""
+    def derivatives(
+        self, x: torch.Tensor, *, hessian: bool = True, wrt: Sequence[int] | None = None
+    ) -> EnergyDerivatives:
+        """Energy, gradient and (optionally) Hessian at ``x`` of shape ``(n_points, n_inputs)``.
+
+        ``wrt``: the input columns to differentiate with respect to (default all); the gradient
+        is then ``(n_points, k)`` and the Hessian ``(n_points, k, k)`` for ``k = len(wrt)``, in
+        that order. The DOLFINx bridge passes it when some inputs are fixed numbers (plane
+        strain), so no work is spent on derivatives nobody uses.
+        """
         ...
 
 
@@ -91,8 +100,11 @@ class AnalyticPotential:
         self.energy_fn = energy_fn
         self.input_names = tuple(input_names)
 
-    def derivatives(self, x, *, hessian: bool = True) -> EnergyDerivatives:
-        x = as_float64_tensor(x, len(self.input_names)).detach().requires_grad_(True)
+    def derivatives(self, x, *, hessian: bool = True, wrt=None) -> EnergyDerivatives:
+        """See ``Potential.derivatives``."""
+        d = len(self.input_names)
+        x = as_float64_tensor(x, d).detach().requires_grad_(True)
+        columns = check_wrt(wrt, d)
         with torch.enable_grad():
             energy = self.energy_fn(x)
             (gradient,) = torch.autograd.grad(energy.sum(), x, create_graph=hessian)
@@ -100,25 +112,52 @@ class AnalyticPotential:
             if hessian:
                 rows = [
                     torch.autograd.grad(gradient[:, j].sum(), x, retain_graph=True)[0]
-                    for j in range(x.shape[1])
+                    for j in columns
                 ]
-                hess = torch.stack(rows, dim=1)
-        return EnergyDerivatives(energy.detach(), gradient.detach(), hess)
+                hess = torch.stack(rows, dim=1)[:, :, columns]
+        return EnergyDerivatives(energy.detach(), gradient.detach()[:, columns], hess)
+
+
+def check_wrt(wrt, n_inputs: int) -> list[int]:
+    """``wrt`` (distinct input indices, or None for all) as a list; raises ValueError otherwise."""
+    if wrt is None:
+        return list(range(n_inputs))
+    columns = [int(i) for i in torch.as_tensor(wrt).flatten().tolist()]
+    if (
+        not columns
+        or len(set(columns)) != len(columns)
+        or not all(0 <= i < n_inputs for i in columns)
+    ):
+        raise ValueError(f"wrt must be distinct input indices in [0, {n_inputs}); got {columns}.")
+    return columns
 
 
 def derivatives_in_chunks(
-    potential: Potential, x: torch.Tensor, *, chunk: int = 1024, hessian: bool = True
-):
+    potential: Potential,
+    x: torch.Tensor,
+    *,
+    chunk: int = 4096,
+    hessian: bool = True,
+    wrt: Sequence[int] | None = None,
+) -> EnergyDerivatives:
     """``potential.derivatives`` over ``x (n_points, d)`` in chunks of ``chunk`` points, no autograd graph.
 
-    Bounds the memory of the closed-form pass (its intermediates are ``(N, chunk, h, d)``).
+    Bounds the memory of the closed-form pass (its intermediates are ``(N, chunk, h, k)``);
+    the chunks' results are written into preallocated outputs. ``wrt`` as in
+    ``Potential.derivatives`` (passed on only when given).
     """
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}.")
-    parts = []
+    options = {"hessian": hessian} if wrt is None else {"hessian": hessian, "wrt": wrt}
+    out = None
     with torch.no_grad():
         for start in range(0, x.shape[0], chunk):
-            parts.append(potential.derivatives(x[start : start + chunk], hessian=hessian))
-    return EnergyDerivatives(
-        *(None if parts[0][k] is None else torch.cat([p[k] for p in parts]) for k in range(4))
-    )
+            part = potential.derivatives(x[start : start + chunk], **options)
+            if out is None:
+                out = [None if t is None else t.new_empty((x.shape[0], *t.shape[1:])) for t in part]
+            for buffer, t in zip(out, part):
+                if buffer is not None:
+                    buffer[start : start + chunk] = t
+    if out is None:  # no points
+        return potential.derivatives(x, **options)
+    return EnergyDerivatives(*out)

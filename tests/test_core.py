@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from lse_material import LSEICNN, ICNNStack
+from lse_material import LSEICNN, ICNNStack, _native
+from lse_material.potential import AnalyticPotential
 from tests.conftest import EPS, autograd_derivatives
 
 
@@ -55,9 +56,10 @@ def test_lse_bounds_and_limit_of_large_rho():
     assert all(b < a for a, b in zip(gaps, gaps[1:], strict=False)) and gaps[-1] < 1e-2
 
 
+@pytest.mark.parametrize("hidden", [(8, 6), (5, 6, 4)])
 @pytest.mark.parametrize("ensemble", [None, 3])
-def test_one_call_derivatives_equal_autograd(ensemble):
-    model = random_model(ensemble=ensemble)
+def test_one_call_derivatives_equal_autograd(ensemble, hidden):
+    model = random_model(ensemble=ensemble, hidden=hidden)
     model.set_normalization(
         input_shift=[0.1, -0.2, 0.3],
         input_scale=[2.0, 0.5, 1.5],
@@ -140,3 +142,65 @@ def test_bad_inputs_raise_clear_errors():
         model.derivatives(x)
     with pytest.raises(ValueError, match="rho must be positive"):
         LSEICNN(2, 2, rho=0.0)
+
+
+def test_derivatives_with_respect_to_a_subset_of_inputs():
+    model = random_model(d=4, hidden=(6, 5, 4))
+    model.set_normalization(input_shift=[0.1, 0.0, -0.3, 0.2], input_scale=[2.0, 0.5, 1.0, 3.0])
+    x = torch.randn(30, 4, dtype=torch.float64)
+    full = model.derivatives(x)
+    wrt = [3, 0]
+    part = model.derivatives(x, wrt=wrt)
+    assert torch.equal(part.energy, full.energy)
+    assert torch.allclose(part.gradient, full.gradient[:, wrt], rtol=1e-13, atol=1e-13)
+    assert torch.allclose(part.hessian, full.hessian[:, wrt][:, :, wrt], rtol=1e-12, atol=1e-12)
+    analytic = AnalyticPotential(lambda x: (x**3).sum(1) * x[:, 0], ["a", "b", "c", "d"])
+    a_full, a_part = analytic.derivatives(x), analytic.derivatives(x, wrt=wrt)
+    assert torch.equal(a_part.hessian, a_full.hessian[:, wrt][:, :, wrt])
+    for bad in ([], [0, 0], [4], [-1]):
+        with pytest.raises(ValueError, match="wrt must be distinct input indices"):
+            model.derivatives(x, wrt=bad)
+
+
+def test_the_fused_kernel_is_built():
+    assert _native.available(), (
+        "lse_material/_kernel*.so is missing: reinstall with a C compiler (make venv), or set "
+        "LSE_MATERIAL_NATIVE=0 knowingly."
+    )
+
+
+@pytest.mark.parametrize("hidden", [(8,), (8, 6), (5, 6, 4)])
+@pytest.mark.parametrize("wrt", [None, [3, 0, 2]])
+def test_fused_kernel_equals_autograd_and_the_torch_path(hidden, wrt, monkeypatch):
+    model = random_model(d=4, n=4, hidden=hidden)
+    with torch.no_grad():
+        model.gate_weights[1] = 0.0  # a closed mode is skipped; its phase weight is exactly 0
+    model.set_normalization(
+        input_shift=[0.1, 0.0, -0.3, 0.2],
+        input_scale=[2.0, 0.5, 1.0, 3.0],
+        energy_shift=1.5,
+        energy_scale=0.7,
+    )
+    x = torch.randn(77, 4, dtype=torch.float64)  # not a multiple of the kernel's block
+    energy, grad, hess = autograd_derivatives(model, x)
+    columns = list(range(4)) if wrt is None else wrt
+    grad, hess = grad[:, columns], hess[:, columns][:, :, columns]
+    model.requires_grad_(False)
+    fused = model.derivatives(x, wrt=wrt)
+    monkeypatch.setenv("LSE_MATERIAL_NATIVE", "0")
+    reference = model.derivatives(x, wrt=wrt)
+    for d in (fused, reference):
+        assert torch.allclose(d.energy, energy, rtol=1e-12, atol=0)
+        assert float((d.gradient - grad).abs().max() / grad.abs().max()) < 1e-12
+        assert float((d.hessian - hess).abs().max() / hess.abs().max()) < 1e-10
+    assert torch.allclose(fused.phase_weights, reference.phase_weights, rtol=0, atol=1e-13)
+    assert float(fused.phase_weights[:, 1].abs().max()) == 0.0
+    assert fused.hessian is not None and torch.equal(fused.hessian, fused.hessian.mT)
+
+
+def test_fused_kernel_on_one_point_and_on_none():
+    model = random_model().requires_grad_(False)
+    one = model.derivatives(torch.zeros(1, 3, dtype=torch.float64))
+    assert one.hessian.shape == (1, 3, 3)
+    none = model.derivatives(torch.zeros(0, 3, dtype=torch.float64))
+    assert none.energy.shape == (0,) and none.hessian.shape == (0, 3, 3)

@@ -173,8 +173,8 @@ def test_points_outside_the_training_box_warn_or_raise():
         input_names = mc.INPUT_NAMES
         training_box = {n: (-0.01, 0.01) for n in mc.INPUT_NAMES[:6]} | {"c": (0.0, 1.0)}
 
-        def derivatives(self, x, *, hessian=True):
-            return mc.potential().derivatives(x, hessian=hessian)
+        def derivatives(self, x, *, hessian=True, wrt=None):
+            return mc.potential().derivatives(x, hessian=hessian, wrt=wrt)
 
     mesh, V, u, c = _block()
     inputs, _ = mechanochemical_inputs(u, c)
@@ -196,9 +196,11 @@ def test_minimum_tangent_eigenvalue_field():
     law = QuadratureLaw(mc.potential(), inputs, mesh, quadrature_degree=2)
     law.update()
     law.update_diagnostics()
+    assert law.live == (0, 1, 5, 6)  # plane strain: E33, 2E23, 2E13 are fixed zeros
     x = torch.zeros(1, 7, dtype=torch.float64)
     x[0, 6] = 1.0  # at E = 0, c = 1 the strain energy is concave: negative eigenvalue
-    expected = float(torch.linalg.eigvalsh(mc.potential().derivatives(x).hessian)[0, 0])
+    tangent = mc.potential().derivatives(x, wrt=law.live).hessian  # on the live inputs
+    expected = float(torch.linalg.eigvalsh(tangent)[0, 0])
     values = law.min_eigenvalue.x.array
     assert np.isclose(values.min(), expected) and values.max() > 0
     cells = law.cell_average(law.min_eigenvalue)  # DG0, for VTX output

@@ -3,24 +3,28 @@
 ``QuadratureLaw(potential, inputs, mesh, quadrature_degree=q)`` binds a potential (anything with
 ``input_names`` and ``derivatives(x)``, see ``lse_material.potential``) to a UFL vector
 expression ``inputs`` of length ``d`` (e.g. Voigt Green–Lagrange strain of a displacement and a
-concentration). ``update()`` evaluates ``inputs`` at the quadrature points of the cells this
-rank owns, converts them in one adapter (``inputs_to_tensor``) to a contiguous float64 tensor
-``(n_points, d)``, calls the potential once on all of them (chunked, on ``device``), and fills
-quadrature Functions ``x0 (d)``, ``psi0``, ``s = ∂ψ/∂x (d)``, ``H = ∂²ψ/∂x² (d×d)``. The UFL
-energy density
+concentration). Components that are literal numbers (the zero out-of-plane strains of plane
+strain) are *fixed*; the others are *live*, ``k`` of them (``law.live``). ``update()``
+evaluates the live inputs at the quadrature points of the cells this rank owns, converts them
+in one adapter (``inputs_to_tensor``) to a contiguous float64 tensor, calls the potential once
+on all points (chunked, on ``device``, derivatives with respect to the live inputs only) and
+fills quadrature Functions ``x0 (d)`` (all inputs), ``psi0``, ``s = ∂ψ/∂x_live (k)``,
+``H = ∂²ψ/∂x_live² (k×k)``. The UFL energy density
 
-    ψ_T(x) = ψ0 + s·(x - x0) + ½ (x - x0)ᵀ H (x - x0),     x = inputs(u)
+    ψ_T(x) = ψ0 + s·(x_live - x0_live) + ½ (x_live - x0_live)ᵀ H (x_live - x0_live)
 
 has, at the current iterate (x = x0), the value ψ, gradient s and Hessian H of the law, so
 ``F = derivative(ψ_T dx, u, v)`` and ``J = derivative(F, u, du)`` are the exact residual and
-Jacobian for any kinematics. Call ``update()`` whenever the unknowns change (the Newton
-driver in ``lse_material.fem.newton`` does).
+Jacobian for any kinematics (the fixed inputs cannot vary, so their derivatives are never
+needed). Call ``update()`` whenever the unknowns change (the Newton driver in
+``lse_material.fem.newton`` does).
 
 Point layout: quadrature point ``k`` of owned cell ``i`` (local index) is row
 ``i * points_per_cell + k`` of every array the law handles.
 
 Diagnostics (quadrature Functions, or None): ``phase_weights`` (n_modes, filled by ``update``
-when the potential returns them), ``min_eigenvalue`` of H (loss of stability where negative;
+when the potential returns them), ``min_eigenvalue`` of H, the tangent on the live inputs
+(loss of stability where negative;
 filled by ``update_diagnostics()``); ``fraction_outside_box()`` is MPI-reduced;
 ``cell_average(f)`` turns any of them into a DG0 Function for VTX/XDMF output.
 
@@ -81,7 +85,7 @@ class QuadratureLaw:
         *,
         quadrature_degree: int = 2,
         device: str | torch.device = "cpu",
-        chunk: int = 1024,
+        chunk: int = 4096,
         on_outside: Literal["warn", "raise", "ignore"] = "warn",
         box_tolerance: float = 0.02,
     ):
@@ -99,6 +103,15 @@ class QuadratureLaw:
                 f"inputs must be a UFL vector of length {d} ({', '.join(names)}); "
                 f"got shape {ufl.shape(inputs)}. Build it with ufl.as_vector([...])."
             )
+        components = [inputs[i] for i in range(d)]
+        fixed = [isinstance(e, ufl.constantvalue.ConstantValue) for e in components]
+        self.live = tuple(i for i in range(d) if not fixed[i])
+        if not self.live:
+            raise ValueError(
+                "every component of inputs is a fixed number; the law needs inputs that depend "
+                "on the unknowns."
+            )
+        self._fixed_values = {i: float(components[i]) for i in range(d) if fixed[i]}
         if on_outside not in ("warn", "raise", "ignore"):
             raise ValueError(f"on_outside must be 'warn', 'raise' or 'ignore'; got {on_outside!r}.")
         if int(chunk) < 1:
@@ -108,9 +121,11 @@ class QuadratureLaw:
         self.quadrature_degree = quadrature_degree
         self.dx = ufl.Measure("dx", domain=mesh, metadata={"quadrature_degree": quadrature_degree})
 
+        k = len(self.live)
+        self._live_inputs = ufl.as_vector([components[i] for i in self.live])
         self.x0 = self._quadrature_function((d,), "law_inputs")
-        self.s = self._quadrature_function((d,), "law_gradient")
-        self.H = self._quadrature_function((d, d), "law_hessian")
+        self.s = self._quadrature_function((k,), "law_gradient")
+        self.H = self._quadrature_function((k, k), "law_hessian")
         self.psi0 = self._quadrature_function((), "law_energy")
         self.min_eigenvalue = self._quadrature_function((), "min_tangent_eigenvalue")
         n_modes = getattr(potential, "n_modes", None)
@@ -121,7 +136,7 @@ class QuadratureLaw:
         points, weights = element.custom_quadrature()
         self.points_per_cell = points.shape[0]
         self._weights = weights / weights.sum()  # affine cells: the reference weights average
-        self._expression = dolfinx.fem.Expression(inputs, points)
+        self._expression = dolfinx.fem.Expression(self._live_inputs, points)
         tdim = mesh.topology.dim
         n_cells = mesh.topology.index_map(tdim).size_local
         self._cells = np.arange(n_cells, dtype=np.int32)  # owned cells only
@@ -151,6 +166,7 @@ class QuadratureLaw:
 
     @property
     def input_dim(self) -> int:
+        """``d``, the number of the potential's inputs (live and fixed)."""
         return self.x0.function_space.dofmap.bs
 
     @property
@@ -160,7 +176,7 @@ class QuadratureLaw:
 
     def energy_density(self) -> ufl.core.expr.Expr:
         """The Taylor surrogate ψ_T(inputs) as a UFL scalar (see the module docstring)."""
-        dxi = self.inputs - self.x0
+        dxi = self._live_inputs - ufl.as_vector([self.x0[i] for i in self.live])
         return self.psi0 + ufl.dot(self.s, dxi) + 0.5 * ufl.dot(dxi, ufl.dot(self.H, dxi))
 
     # ----------------------------------------------------------------- evaluation
@@ -171,26 +187,32 @@ class QuadratureLaw:
         outputs (the Functions are then left as they were), or, with ``on_outside="raise"``,
         if points lie outside the training box.
         """
-        d = self.input_dim
-        values = self._expression.eval(self.mesh, self._cells).reshape(-1, d)
-        self._check_finite("non-finite inputs (NaN or inf)", ~np.isfinite(values).all(axis=1))
+        d, k = self.input_dim, len(self.live)
+        live = self._expression.eval(self.mesh, self._cells).reshape(-1, k)
+        n = live.shape[0]
+        if k == d:
+            values = live
+        else:
+            values = np.empty((n, d))
+            values[:, self.live] = live
+            for i, value in self._fixed_values.items():
+                values[:, i] = value
+        self._check_finite("non-finite inputs (NaN or inf)", _non_finite_rows(live))
         x = inputs_to_tensor(values, d, device=self.device)
+        wrt = None if k == d else self.live
         with torch.no_grad():
-            result = derivatives_in_chunks(self.potential, x, chunk=self.chunk)
+            result = derivatives_in_chunks(self.potential, x, chunk=self.chunk, wrt=wrt)
         energy, grad, hess = (t.detach().to("cpu", torch.float64) for t in result[:3])
-        n = values.shape[0]
-        if energy.shape != (n,) or grad.shape != (n, d) or hess.shape != (n, d, d):
+        if energy.shape != (n,) or grad.shape != (n, k) or hess.shape != (n, k, k):
             raise ValueError(
                 f"the potential returned energy {tuple(energy.shape)}, gradient "
-                f"{tuple(grad.shape)}, hessian {tuple(hess.shape)} for {n} points of {d} "
-                f"inputs; expected ({n},), ({n}, {d}), ({n}, {d}, {d})."
+                f"{tuple(grad.shape)}, hessian {tuple(hess.shape)} for {n} points and {k} "
+                f"differentiated inputs; expected ({n},), ({n}, {k}), ({n}, {k}, {k})."
             )
-        finite = (
-            torch.isfinite(energy)
-            & torch.isfinite(grad).all(1)
-            & torch.isfinite(hess).flatten(1).all(1)
+        self._check_finite(
+            "the law returned non-finite values",
+            _non_finite_rows(energy.numpy(), grad.numpy(), hess.numpy()),
         )
-        self._check_finite("the law returned non-finite values", ~finite.numpy())
         for function, data in (
             (self.x0, values),
             (self.psi0, energy.numpy()),
@@ -253,9 +275,10 @@ class QuadratureLaw:
         return out
 
     # ----------------------------------------------------------------- checks
-    def _check_finite(self, what: str, bad: np.ndarray) -> None:
-        """Collective: raise on every rank when any rank has a True in ``bad (n_points,)``."""
-        local = int(np.count_nonzero(bad))
+    def _check_finite(self, what: str, bad: np.ndarray | None) -> None:
+        """Collective: raise on every rank when any rank has a True in ``bad (n_points,)``
+        (None: none)."""
+        local = 0 if bad is None else int(np.count_nonzero(bad))
         total = self.mesh.comm.allreduce(local, op=MPI.SUM)
         if total == 0:
             return
@@ -301,3 +324,11 @@ class QuadratureLaw:
             self._warned_fraction = fraction
             if self.mesh.comm.rank == 0:
                 warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def _non_finite_rows(*arrays: np.ndarray) -> np.ndarray | None:
+    """Rows (first axis) with a NaN or inf in any of ``arrays``, as a boolean mask; None when
+    all are finite (checked by one sum per array, the common case)."""
+    if all(np.isfinite(a.sum()) for a in arrays):
+        return None
+    return np.logical_or.reduce([~np.isfinite(a.reshape(a.shape[0], -1)).all(1) for a in arrays])
