@@ -356,11 +356,13 @@ def _plots(out: Path, summary: dict) -> None:
     plt.close(fig)
 
 
-def bench_spinodal(*, model: str, out: str, mesh: int = 96, steps: int = 8) -> dict:
+def bench_spinodal(*, model: str, out: str, mesh: int = 128, steps: int = 8) -> dict:
     """Time per step: model vs analytic (1 rank), and the model on 1 vs 2 ranks; peak memory.
 
     Each run is a separate ``mpirun`` process with a fixed number of steps (``--max-steps``) and
     the same mesh; the loop time excludes start-up and form compilation. Writes summary.json.
+    Mesh 128 (66 k dofs) by default: about two thirds of a step is the direct (MUMPS) solve,
+    whose 2-rank speed-up grows with the problem size (1.55–1.58 at mesh 96, 1.68 at 128 measured).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -423,7 +425,7 @@ def register(groups) -> None:
     )
     b.add_argument("--model", required=True)
     b.add_argument("--out", required=True)
-    b.add_argument("--mesh", type=int, default=96)
+    b.add_argument("--mesh", type=int, default=128)
     b.add_argument("--steps", type=int, default=8)
     b.set_defaults(func=bench_spinodal)
     p = groups["simulate"].add_parser(
