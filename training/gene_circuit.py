@@ -227,17 +227,8 @@ def learned_transient(
             + s * strong.derivatives(p, hessian=False).gradient
         )
 
-    p, t, points = starts.to(torch.float64), 0.0, []
     with torch.no_grad():
-        for _ in range(steps):
-            points.append(p)
-            k1 = field(p, t)
-            k2 = field(p + dt / 2 * k1, t + dt / 2)
-            k3 = field(p + dt / 2 * k2, t + dt / 2)
-            k4 = field(p + dt * k3, t + dt)
-            p = p + dt / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
-            t += dt
-    return torch.stack(points, dim=1)
+        return gc.rk4(field, starts.to(torch.float64), steps=steps, dt=dt)
 
 
 def train_gene_circuit(

@@ -13,6 +13,7 @@ from typing import NamedTuple
 import torch
 
 __all__ = [
+    "rk4",
     "potential",
     "velocity",
     "trajectories",
@@ -58,6 +59,21 @@ class Trajectories(NamedTuple):
     times: torch.Tensor
 
 
+def rk4(field, starts: torch.Tensor, *, steps: int, dt: float) -> torch.Tensor:
+    """Classical Runge–Kutta for ``ṗ = field(p, t)`` from ``starts (n, 2)`` at t = 0 ->
+    points ``(n, steps, 2)`` at t = 0, dt, ..., (steps - 1) dt."""
+    p, t, points = starts, 0.0, []
+    for _ in range(steps):
+        points.append(p)
+        k1 = field(p, t)
+        k2 = field(p + dt / 2 * k1, t + dt / 2)
+        k3 = field(p + dt / 2 * k2, t + dt / 2)
+        k4 = field(p + dt * k3, t + dt)
+        p = p + dt / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+        t += dt
+    return torch.stack(points, dim=1)
+
+
 def trajectories(
     gamma, n: int, *, steps: int = 60, dt: float = 0.1, seed: int = 0, starts=None, gamma_of_t=None
 ) -> Trajectories:
@@ -80,16 +96,7 @@ def trajectories(
         s = gamma_of_t(t)
         return (1 - s) * velocity(p, GAMMAS["weak"]) + s * velocity(p, GAMMAS["strong"])
 
-    p, t, points = starts.clone(), 0.0, []
-    for _ in range(steps):
-        points.append(p)
-        k1 = field(p, t)
-        k2 = field(p + dt / 2 * k1, t + dt / 2)
-        k3 = field(p + dt / 2 * k2, t + dt / 2)
-        k4 = field(p + dt * k3, t + dt)
-        p = p + dt / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
-        t += dt
-    pts = torch.stack(points, dim=1)
+    pts = rk4(field, starts.clone(), steps=steps, dt=dt)
     times = dt * torch.arange(steps, dtype=torch.float64)
     if gamma_of_t is None:
         vel = velocity(pts, gamma)
