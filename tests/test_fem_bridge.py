@@ -181,6 +181,9 @@ def test_points_outside_the_training_box_warn_or_raise():
     law = QuadratureLaw(Boxed(), inputs, mesh, quadrature_degree=2, on_outside="raise")
     with pytest.raises(ValueError, match="outside the model's training box"):
         law.update()
+    law.update(check_box=False)  # what the Newton driver does on trial iterates
+    with pytest.raises(ValueError, match="outside the model's training box"):
+        law.check_training_box()  # ... and this, once, on the converged state
     law.on_outside = "warn"
     with pytest.warns(RuntimeWarning, match="outside the model's training box"):
         law.update()

@@ -70,9 +70,10 @@ class LawNewtonSolver:
         **problem_options: passed on to ``dolfinx.fem.petsc.NonlinearProblem`` (``kind``,
             ``P``, ``entity_maps``, ...).
 
-    An exception in a law (non-finite values, points outside the box with
-    ``on_outside="raise"``) stops the solve and is re-raised as itself from ``solve()``, not as
-    a PETSc error code.
+    An exception in a law (non-finite values) stops the solve and is re-raised as itself from
+    ``solve()``, not as a PETSc error code. The training-box check of laws that have one
+    (``check_training_box``) runs once, after a converged solve, on the converged state:
+    Newton's trial iterates may pass outside the box on the way.
     """
 
     DEFAULT_OPTIONS = {
@@ -149,7 +150,10 @@ class LawNewtonSolver:
             for function in self.u if isinstance(self.u, Sequence) else [self.u]:
                 function.x.scatter_forward()
             for law in self.laws:
-                law.update()
+                if hasattr(law, "check_training_box"):  # checked on the converged state only
+                    law.update(check_box=False)
+                else:
+                    law.update()
             self._last_x = current.copy()
         except Exception as error:  # handed to solve(), which re-raises it as itself
             self._error = error
@@ -169,6 +173,10 @@ class LawNewtonSolver:
         seconds = time.perf_counter() - t0
         snes = self.problem.solver
         reason = snes.getConvergedReason()
+        if reason > 0:  # trial iterates may wander outside the training box; the result may not
+            for law in self.laws:
+                if hasattr(law, "check_training_box"):
+                    law.check_training_box()
         return NewtonResult(
             reason > 0, snes.getIterationNumber(), list(self.residual_norms), reason, seconds
         )

@@ -25,7 +25,9 @@ Point layout: quadrature point ``k`` of owned cell ``i`` (local index) is row
 Diagnostics (quadrature Functions, or None): ``phase_weights`` (n_modes, filled by ``update``
 when the potential returns them), ``min_eigenvalue`` of H, the tangent on the live inputs
 (loss of stability where negative;
-filled by ``update_diagnostics()``); ``fraction_outside_box()`` is MPI-reduced;
+filled by ``update_diagnostics()``); ``fraction_outside_box()`` is MPI-reduced, and
+``check_training_box()`` warns or raises on it (``update()`` calls it unless told not to; the
+Newton driver calls it once per solve, on the converged state, not on trial iterates);
 ``cell_average(f)`` turns any of them into a DG0 Function for VTX/XDMF output.
 
 Evaluation is rank-local. The only collective steps are the scatter of the filled Functions
@@ -180,12 +182,12 @@ class QuadratureLaw:
         return self.psi0 + ufl.dot(self.s, dxi) + 0.5 * ufl.dot(dxi, ufl.dot(self.H, dxi))
 
     # ----------------------------------------------------------------- evaluation
-    def update(self) -> None:
+    def update(self, *, check_box: bool = True) -> None:
         """Evaluate the inputs at the owned quadrature points and refill the law's Functions.
 
         Collective. Raises ValueError on every rank if any rank has non-finite inputs or
-        outputs (the Functions are then left as they were), or, with ``on_outside="raise"``,
-        if points lie outside the training box.
+        outputs (the Functions are then left as they were). Counts the points outside the
+        training box and, with ``check_box``, calls ``check_training_box()``.
         """
         d, k = self.input_dim, len(self.live)
         live = self._expression.eval(self.mesh, self._cells).reshape(-1, k)
@@ -230,7 +232,8 @@ class QuadratureLaw:
             xc = x.cpu()
             outside = ((xc < self._box[:, 0]) | (xc > self._box[:, 1])).any(1)
             self._outside = np.array([float(outside.sum()), float(n)])
-            self._check_outside()
+            if check_box:
+                self.check_training_box()
         self.evaluations += 1
 
     def update_diagnostics(self) -> None:
@@ -306,8 +309,10 @@ class QuadratureLaw:
         total = self.mesh.comm.allreduce(self._outside, op=MPI.SUM)
         return float(total[0] / total[1]) if total[1] else 0.0
 
-    def _check_outside(self) -> None:
-        if self.on_outside == "ignore":
+    def check_training_box(self) -> None:
+        """Collective: per ``on_outside``, warn (rank 0; again only when the fraction doubles)
+        or raise ValueError on every rank when points of the last update lie outside the box."""
+        if self.on_outside == "ignore" or self._box is None:
             return
         fraction = self.fraction_outside_box()  # collective: every rank calls it
         if fraction == 0.0:
