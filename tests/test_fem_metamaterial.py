@@ -45,9 +45,7 @@ def _bar_problem(law_model):
     right = dolfinx.mesh.locate_entities_boundary(mesh, 1, lambda p: np.isclose(p[0], 2))
     end = dolfinx.fem.Constant(mesh, 0.0)
     bcs = [
-        dolfinx.fem.dirichletbc(
-            np.zeros(2), dolfinx.fem.locate_dofs_topological(V, 1, left), V
-        ),
+        dolfinx.fem.dirichletbc(np.zeros(2), dolfinx.fem.locate_dofs_topological(V, 1, left), V),
         dolfinx.fem.dirichletbc(
             end, dolfinx.fem.locate_dofs_topological(V.sub(0), 1, right), V.sub(0)
         ),
@@ -208,3 +206,18 @@ def test_bad_options_raise(tmp_path):
     mesh = dolfinx.mesh.create_unit_square(MPI.COMM_WORLD, 2, 2)
     with pytest.raises(ValueError, match="length 6"):
         QuadratureStateLaw(ReferenceLaw(), ufl.as_vector([1.0, 2.0]), mesh)
+
+
+def test_non_finite_strains_raise_naming_the_cells():
+    mesh = dolfinx.mesh.create_unit_square(MPI.COMM_WORLD, 2, 2)
+    V = dolfinx.fem.functionspace(mesh, ("Lagrange", 1, (2,)))
+    u = dolfinx.fem.Function(V)
+    e = ufl.sym(ufl.grad(u))
+    law = QuadratureStateLaw(
+        ReferenceLaw(), ufl.as_vector([e[0, 0], e[1, 1], 0, 0, 0, 2 * e[0, 1]]), mesh
+    )
+    law.update()
+    u.x.array[0] = np.nan
+    u.x.scatter_forward()
+    with pytest.raises(ValueError, match=r"non-finite strains .*global cell indices"):
+        law.update()

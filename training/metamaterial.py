@@ -232,7 +232,9 @@ def train_metamaterial(
     history = fit(
         model,
         data_loss,
-        FitOptions(epochs=epochs - n_final, lr_network=lr, lr_gates=lr, l1=0.0, log_every=log_every),
+        FitOptions(
+            epochs=epochs - n_final, lr_network=lr, lr_gates=lr, l1=0.0, log_every=log_every
+        ),
         lse=model.potential,
         description="metamaterial",
     )
@@ -249,9 +251,7 @@ def train_metamaterial(
         offset = epochs - n_final
         for key in ("epoch", "loss", "active_modes", "rho", "gates"):
             values = getattr(final, key)
-            getattr(history, key).extend(
-                [e + offset for e in values] if key == "epoch" else values
-            )
+            getattr(history, key).extend([e + offset for e in values] if key == "epoch" else values)
         history.seconds += final.seconds
     train_seconds = time.perf_counter() - t0
 

@@ -49,7 +49,7 @@ from mpi4py import MPI
 from lse_material.fem._dolfinx import dolfinx
 from lse_material.potential import derivatives_in_chunks
 
-__all__ = ["QuadratureLaw", "inputs_to_tensor"]
+__all__ = ["QuadratureLaw", "inputs_to_tensor", "non_finite_rows", "raise_if_any_rank"]
 
 
 def inputs_to_tensor(values: np.ndarray, d: int, *, device: str | torch.device = "cpu"):
@@ -199,7 +199,7 @@ class QuadratureLaw:
             values[:, self.live] = live
             for i, value in self._fixed_values.items():
                 values[:, i] = value
-        self._check_finite("non-finite inputs (NaN or inf)", _non_finite_rows(live))
+        self._check_finite("non-finite inputs (NaN or inf)", non_finite_rows(live))
         x = inputs_to_tensor(values, d, device=self.device)
         wrt = None if k == d else self.live
         with torch.no_grad():
@@ -213,7 +213,7 @@ class QuadratureLaw:
             )
         self._check_finite(
             "the law returned non-finite values",
-            _non_finite_rows(energy.numpy(), grad.numpy(), hess.numpy()),
+            non_finite_rows(energy.numpy(), grad.numpy(), hess.numpy()),
         )
         for function, data in (
             (self.x0, values),
@@ -279,27 +279,7 @@ class QuadratureLaw:
 
     # ----------------------------------------------------------------- checks
     def _check_finite(self, what: str, bad: np.ndarray | None) -> None:
-        """Collective: raise on every rank when any rank has a True in ``bad (n_points,)``
-        (None: none)."""
-        local = 0 if bad is None else int(np.count_nonzero(bad))
-        total = self.mesh.comm.allreduce(local, op=MPI.SUM)
-        if total == 0:
-            return
-        comm = self.mesh.comm
-        here = "no such points on this rank"
-        if local:
-            cells = np.unique(np.flatnonzero(bad) // self.points_per_cell).astype(np.int32)
-            glob = self.mesh.topology.index_map(self.mesh.topology.dim).local_to_global(cells)
-            more = " ..." if cells.size > 10 else ""
-            here = (
-                f"{local} of them in {cells.size} cells (global cell indices "
-                f"{glob[:10].tolist()}{more}; local {cells[:10].tolist()}{more})"
-            )
-        raise ValueError(
-            f"{what} at {total} quadrature points over {comm.size} rank(s); on rank "
-            f"{comm.rank}: {here}. The solver was not called. Check the loading, the step size "
-            "and the inputs' UFL expression (e.g. det F <= 0 under a log or a square root)."
-        )
+        raise_if_any_rank(self.mesh, self.points_per_cell, what, bad)
 
     def fraction_outside_box(self) -> float:
         """Fraction of all quadrature points (all ranks) outside the training box at the last update.
@@ -331,7 +311,35 @@ class QuadratureLaw:
                 warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
-def _non_finite_rows(*arrays: np.ndarray) -> np.ndarray | None:
+def raise_if_any_rank(mesh, points_per_cell: int, what: str, bad: np.ndarray | None) -> None:
+    """Collective: raise ValueError on every rank when any rank has a True in
+    ``bad (n_points,)`` (None: none), naming the count and the cells of the points.
+
+    Point layout as in ``QuadratureLaw``: point ``k`` of owned cell ``i`` is row
+    ``i * points_per_cell + k``. Every rank raises, so none is left waiting in PETSc.
+    """
+    comm = mesh.comm
+    local = 0 if bad is None else int(np.count_nonzero(bad))
+    total = comm.allreduce(local, op=MPI.SUM)
+    if total == 0:
+        return
+    here = "no such points on this rank"
+    if local:
+        cells = np.unique(np.flatnonzero(bad) // points_per_cell).astype(np.int32)
+        glob = mesh.topology.index_map(mesh.topology.dim).local_to_global(cells)
+        more = " ..." if cells.size > 10 else ""
+        here = (
+            f"{local} of them in {cells.size} cells (global cell indices "
+            f"{glob[:10].tolist()}{more}; local {cells[:10].tolist()}{more})"
+        )
+    raise ValueError(
+        f"{what} at {total} quadrature points over {comm.size} rank(s); on rank "
+        f"{comm.rank}: {here}. The solver was not called. Check the loading, the step size "
+        "and the inputs' UFL expression (e.g. det F <= 0 under a log or a square root)."
+    )
+
+
+def non_finite_rows(*arrays: np.ndarray) -> np.ndarray | None:
     """Rows (first axis) with a NaN or inf in any of ``arrays``, as a boolean mask; None when
     all are finite (checked by one sum per array, the common case)."""
     if all(np.isfinite(a.sum()) for a in arrays):

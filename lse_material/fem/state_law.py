@@ -29,6 +29,7 @@ import torch
 import ufl
 
 from lse_material.fem._dolfinx import dolfinx
+from lse_material.fem.quadrature import non_finite_rows, raise_if_any_rank
 from lse_material.hidden_state import InternalStateLaw, MaterialPoints
 
 __all__ = ["QuadratureStateLaw"]
@@ -110,27 +111,22 @@ class QuadratureStateLaw:
     def update(self) -> None:
         """Trial step at the current strain (from the committed state); refill the Functions."""
         values = self._expression.eval(self.mesh, self._cells).reshape(-1, 6)
-        bad = ~np.isfinite(values).all(axis=1)
-        if bad.any():
-            raise ValueError(
-                f"non-finite strains at {int(bad.sum())} quadrature points on rank "
-                f"{self.mesh.comm.rank}; the solver was not called."
-            )
+        ppc = self.points_per_cell
+        raise_if_any_rank(
+            self.mesh, ppc, "non-finite strains (NaN or inf)", non_finite_rows(values)
+        )
         result = self.points.trial(torch.from_numpy(np.ascontiguousarray(values)), dt=self.dt)
-        data = [
-            (self.eps0, values),
-            (self.sigma0, result.stress),
-            (self.C, result.tangent),
-            (self.indicator, result.indicator),
+        outputs = [
+            np.asarray(t.detach().cpu().numpy(), dtype=np.float64)
+            for t in (result.stress, result.tangent, result.indicator)
         ]
-        for function, array in data:
-            flat = np.asarray(
-                array.detach().cpu().numpy() if torch.is_tensor(array) else array, dtype=np.float64
-            ).ravel()
-            if not np.isfinite(flat).all():
-                raise ValueError(
-                    f"the law returned non-finite {function.name} on rank {self.mesh.comm.rank}."
-                )
+        raise_if_any_rank(
+            self.mesh, ppc, "the law returned non-finite values", non_finite_rows(*outputs)
+        )
+        for function, array in zip(
+            (self.eps0, self.sigma0, self.C, self.indicator), [values, *outputs]
+        ):
+            flat = array.ravel()
             function.x.array[: flat.size] = flat
             function.x.scatter_forward()
         self.evaluations += 1
