@@ -70,7 +70,9 @@ def force_difference(a: dict, b: dict) -> float:
     """
     da, db = np.asarray(a["displacement"]), np.asarray(b["displacement"])
     if da.shape != db.shape or not np.allclose(da, db, rtol=0, atol=1e-12):
-        raise ValueError("the two runs have different displacement schedules; rerun with the same options.")
+        raise ValueError(
+            "the two runs have different displacement schedules; rerun with the same options."
+        )
     fa, fb = np.asarray(a["force"]), np.asarray(b["force"])
     return float(np.linalg.norm(fa - fb) / np.linalg.norm(fb))
 
@@ -180,7 +182,9 @@ def simulate_metamaterial(
 
     fdim = dim - 1
     facets = {
-        "left": dolfinx.mesh.locate_entities_boundary(domain, fdim, lambda p: np.isclose(p[0], 0.0)),
+        "left": dolfinx.mesh.locate_entities_boundary(
+            domain, fdim, lambda p: np.isclose(p[0], 0.0)
+        ),
         "right": dolfinx.mesh.locate_entities_boundary(
             domain, fdim, lambda p: np.isclose(p[0], length)
         ),
@@ -236,14 +240,30 @@ def simulate_metamaterial(
 
     writer, indicator_cells = _writer(domain, u, out, comm)
     schedule = _schedule(amplitudes, steps_per_cycle)
-    history = {k: [] for k in ("displacement", "force", "transformed_fraction", "front_left", "front_right", "newton_iterations")}
+    history = {
+        k: []
+        for k in (
+            "displacement",
+            "force",
+            "transformed_fraction",
+            "front_left",
+            "front_right",
+            "newton_iterations",
+        )
+    }
 
     def record(displacement, iterations):
         force, fraction, left, right = measure()
         for key, value in zip(
             history,
-            (displacement, force, fraction, left if np.isfinite(left) else None,
-             right if np.isfinite(right) else None, iterations),
+            (
+                displacement,
+                force,
+                fraction,
+                left if np.isfinite(left) else None,
+                right if np.isfinite(right) else None,
+                iterations,
+            ),
         ):
             history[key].append(value)
 
@@ -258,7 +278,9 @@ def simulate_metamaterial(
         fraction, iterations, forced = 1.0, 0, fail_step == step
         while done != target:
             increment = min(fraction, 1.0) * (schedule[step] - schedule[step - 1]) * length
-            trial = target if abs(target - done) <= abs(increment) * (1 + 1e-12) else done + increment
+            trial = (
+                target if abs(target - done) <= abs(increment) * (1 + 1e-12) else done + increment
+            )
             part = (trial - done) / ((schedule[step] - schedule[step - 1]) * length)
             law.dt = DATA_DT * part
             eta_dt.value = viscosity * C11 / part
@@ -355,10 +377,15 @@ def _plots(out: Path, summary: dict, other: dict | None) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     label = summary["law"]
-    axes[0].plot(summary["displacement"], summary["force"], "r-" if label == "model" else "k-", label=label)
+    axes[0].plot(
+        summary["displacement"], summary["force"], "r-" if label == "model" else "k-", label=label
+    )
     if other is not None:
         axes[0].plot(
-            other["displacement"], other["force"], "k--" if label == "model" else "r--", label=other["law"]
+            other["displacement"],
+            other["force"],
+            "k--" if label == "model" else "r--",
+            label=other["law"],
         )
         axes[0].set_title(f"normalised L2 difference {summary['force_difference_vs_compare']:.3f}")
     axes[0].set_xlabel("end displacement U")
@@ -366,8 +393,12 @@ def _plots(out: Path, summary: dict, other: dict | None) -> None:
     axes[0].legend()
     steps = np.arange(len(summary["force"]))
     axes[1].plot(steps, summary["transformed_fraction"], "b-", label="transformed fraction")
-    left = [np.nan if v is None else v / summary["parameters"]["length"] for v in summary["front_left"]]
-    right = [np.nan if v is None else v / summary["parameters"]["length"] for v in summary["front_right"]]
+    left = [
+        np.nan if v is None else v / summary["parameters"]["length"] for v in summary["front_left"]
+    ]
+    right = [
+        np.nan if v is None else v / summary["parameters"]["length"] for v in summary["front_right"]
+    ]
     axes[1].plot(steps, left, "g-", label="left front / L")
     axes[1].plot(steps, right, "m-", label="right front / L")
     if other is not None:
