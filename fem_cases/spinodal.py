@@ -362,7 +362,8 @@ def bench_spinodal(*, model: str, out: str, mesh: int = 128, steps: int = 8) -> 
     Each run is a separate ``mpirun`` process with a fixed number of steps (``--max-steps``) and
     the same mesh; the loop time excludes start-up and form compilation. Writes summary.json.
     Mesh 128 (66 k dofs) by default: about two thirds of a step is the direct (MUMPS) solve,
-    whose 2-rank speed-up grows with the problem size (1.55–1.58 at mesh 96, 1.68 at 128 measured).
+    whose 2-rank speed-up grows with the problem size (measured: 1.55–1.58 at mesh 96, 1.61–1.76
+    at 128, 1.73 at 160).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
