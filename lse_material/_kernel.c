@@ -92,9 +92,10 @@ typedef struct {
 } Shape;
 
 /* Block arrays, [unit][point] (H = the widest layer): z, sg (σ'), sc (1 - σ') per layer
- * (L·H·BLOCK each), λ and u (H·BLOCK), two forward-Jacobian buffers (H·K·BLOCK each). */
+ * (L·H·BLOCK each), λ and u (H·BLOCK), and the pre-activation Jacobians G_j of the layers
+ * j >= 1 ([layer][unit][input][point], L·H·K·BLOCK; G_0 = A_0 is not stored). */
 typedef struct {
-    double *z, *sg, *sc, *lam, *u, *G[2];
+    double *z, *sg, *sc, *lam, *u, *G;
 } Work;
 
 #define AT(array, unit, p) (array)[(unit) * BLOCK + (p)]
@@ -122,8 +123,32 @@ INLINE void mode_block(const Shape *s, const Work *work, int64_t H, const double
     const double *b_out = cursor, *a_out = cursor + s->width[L - 1];
     const double c = a_out[d];
 
-    /* forward: a_j = A_j x + b_j + B_j z_{j-1};  z = softplus(a), σ' = sigmoid(a), 1 - σ' */
+    /* forward: a_j = A_j x + b_j + B_j z_{j-1};  z = softplus(a), σ' = sigmoid(a), 1 - σ';
+     * with the Hessian also G_j = ∇a_j = B_j diag(σ'(a_{j-1})) G_{j-1} + A_j (G_0 = A_0). */
+    double *restrict G = work->G;
     for (int64_t j = 0; j < L; j++) {
+        if (want_hessian && j > 0) {
+            const int64_t hp = s->width[j - 1];
+            for (int64_t o = 0; o < s->width[j]; o++)
+                for (int64_t q = 0; q < k; q++) {
+                    double acc[BLOCK];
+                    const double base = A[j][o * d + s->wrt[q]];
+                    for (int p = 0; p < BLOCK; p++) acc[p] = base;
+                    for (int64_t i = 0; i < hp; i++) {
+                        const double coef = B[j][o * hp + i];
+                        if (j == 1) {
+                            const double g0 = coef * A[0][i * d + s->wrt[q]];
+                            for (int p = 0; p < BLOCK; p++) acc[p] += g0 * AT(sg, i, p);
+                        } else {
+                            const double *Gp = G + ((j - 1) * H + i) * k * BLOCK;
+                            for (int p = 0; p < BLOCK; p++)
+                                acc[p] += coef * AT(sg, (j - 1) * H + i, p) * AT(Gp, q, p);
+                        }
+                    }
+                    double *Gj = G + (j * H + o) * k * BLOCK;
+                    for (int p = 0; p < BLOCK; p++) AT(Gj, q, p) = acc[p];
+                }
+        }
         for (int64_t o = 0; o < s->width[j]; o++) {
             double a[BLOCK];
             for (int p = 0; p < BLOCK; p++) a[p] = b[j][o];
@@ -153,10 +178,7 @@ INLINE void mode_block(const Shape *s, const Work *work, int64_t H, const double
         for (int p = 0; p < BLOCK; p++) W[p] += b_out[o] * AT(z, (L - 1) * H + o, p);
 
     /* backward: λ_K = b_out; u_j = λ_j σ'(a_j); ∇W += A_jᵀ u_j; λ_{j-1} = B_jᵀ u_j.
-     * Hessian: Σ_j Σ_o u_jo (1 - σ'(a_jo)) G_jo ⊗ G_jo with G_0 = A_0 (constant),
-     * G_j = B_j diag(σ'(a_{j-1})) G_{j-1} + A_j. Layers are taken back to front, so the
-     * forward Jacobians G_j are rebuilt from the front for each layer's term: cheap for the
-     * usual two or three layers, and nothing the size of all G_j is kept. */
+     * Hessian: Σ_j Σ_o u_jo (1 - σ'(a_jo)) G_jo ⊗ G_jo, upper triangle. */
     const int64_t n_pairs = k * (k + 1) / 2;
     for (int64_t q = 0; q < k; q++)
         for (int p = 0; p < BLOCK; p++) g[q * BLOCK + p] = a_out[s->wrt[q]];
@@ -187,37 +209,15 @@ INLINE void mode_block(const Shape *s, const Work *work, int64_t H, const double
                         }
                 }
             } else {
-                /* G_1 from the constant G_0, then up to G_j, ping-ponging two buffers */
-                int cur = 0;
-                for (int64_t l = 1; l <= j; l++) {
-                    const int64_t hl = s->width[l], hp = s->width[l - 1];
-                    for (int64_t o = 0; o < hl; o++)
-                        for (int64_t q = 0; q < k; q++) {
-                            double acc[BLOCK];
-                            const double base = A[l][o * d + s->wrt[q]];
-                            for (int p = 0; p < BLOCK; p++) acc[p] = base;
-                            for (int64_t i = 0; i < hp; i++) {
-                                const double coef = B[l][o * hp + i];
-                                if (l == 1) {
-                                    const double g0 = coef * A[0][i * d + s->wrt[q]];
-                                    for (int p = 0; p < BLOCK; p++) acc[p] += g0 * AT(sg, i, p);
-                                } else {
-                                    for (int p = 0; p < BLOCK; p++)
-                                        acc[p] += coef * AT(sg, (l - 1) * H + i, p) * AT(work->G[cur], i * k + q, p);
-                                }
-                            }
-                            for (int p = 0; p < BLOCK; p++) AT(work->G[1 - cur], o * k + q, p) = acc[p];
-                        }
-                    cur = 1 - cur;
-                }
                 for (int64_t o = 0; o < hj; o++) {
                     double wt[BLOCK];
+                    const double *Gj = G + (j * H + o) * k * BLOCK;
                     for (int p = 0; p < BLOCK; p++) wt[p] = AT(u, o, p) * AT(sc, j * H + o, p);
                     int64_t qr = 0;
                     for (int64_t q = 0; q < k; q++)
                         for (int64_t r = q; r < k; r++, qr++)
                             for (int p = 0; p < BLOCK; p++)
-                                h[qr * BLOCK + p] += wt[p] * AT(work->G[cur], o * k + q, p) * AT(work->G[cur], o * k + r, p);
+                                h[qr * BLOCK + p] += wt[p] * AT(Gj, q, p) * AT(Gj, r, p);
                 }
             }
         }
@@ -255,7 +255,7 @@ int lse_icnn_derivatives(int64_t n_points, int64_t d, const double *x, int64_t k
     double *g = malloc(sizeof(double) * n_modes * k * BLOCK);
     double *h = malloc(sizeof(double) * n_modes * n_pairs * BLOCK);
     double *xb = malloc(sizeof(double) * d * BLOCK);
-    double *space = malloc(sizeof(double) * BLOCK * H * (3 * n_layers + 2 + 2 * k));
+    double *space = malloc(sizeof(double) * BLOCK * H * (3 * n_layers + 2 + n_layers * k));
     double *mean = malloc(sizeof(double) * k * BLOCK);
     double *pw = malloc(sizeof(double) * n_modes * BLOCK);
     if (!W || !g || !h || !xb || !space || !mean || !pw) {
@@ -263,10 +263,12 @@ int lse_icnn_derivatives(int64_t n_points, int64_t d, const double *x, int64_t k
         return -2;
     }
     const int64_t layer_block = n_layers * H * BLOCK;
-    Work work = {space, space + layer_block, space + 2 * layer_block, space + 3 * layer_block,
+    Work work = {space,
+                 space + layer_block,
+                 space + 2 * layer_block,
+                 space + 3 * layer_block,
                  space + 3 * layer_block + H * BLOCK,
-                 {space + 3 * layer_block + 2 * H * BLOCK,
-                  space + 3 * layer_block + 2 * H * BLOCK + H * k * BLOCK}};
+                 space + 3 * layer_block + 2 * H * BLOCK};
     for (int64_t start = 0; start < n_points; start += BLOCK) {
         const int m = (int)(n_points - start < BLOCK ? n_points - start : BLOCK);
         for (int64_t i = 0; i < d; i++)

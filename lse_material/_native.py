@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import ctypes
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 
-__all__ = ["NativeWeights", "available", "derivatives"]
+__all__ = ["NativeWeights", "available", "derivatives", "switched_off"]
 
 MAX_LAYERS, MAX_MODES = 8, 64  # the kernel's limits (_kernel.c)
 
@@ -42,6 +43,20 @@ _KERNEL = _load()
 def available() -> bool:
     """True when the fused kernel is built and not switched off (``LSE_MATERIAL_NATIVE=0``)."""
     return _KERNEL is not None and os.environ.get("LSE_MATERIAL_NATIVE", "1") != "0"
+
+
+@contextmanager
+def switched_off():
+    """Within this block the torch path runs everywhere (as with ``LSE_MATERIAL_NATIVE=0``)."""
+    previous = os.environ.get("LSE_MATERIAL_NATIVE")
+    os.environ["LSE_MATERIAL_NATIVE"] = "0"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["LSE_MATERIAL_NATIVE"]
+        else:
+            os.environ["LSE_MATERIAL_NATIVE"] = previous
 
 
 class NativeWeights(NamedTuple):

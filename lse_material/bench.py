@@ -16,7 +16,6 @@ run, float64, one thread:
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -67,15 +66,8 @@ def bench_law(
         return derivatives_in_chunks(law, x)
 
     def closed_form_torch():
-        previous = os.environ.get("LSE_MATERIAL_NATIVE")
-        os.environ["LSE_MATERIAL_NATIVE"] = "0"
-        try:
+        with _native.switched_off():
             return derivatives_in_chunks(law, x)
-        finally:
-            if previous is None:
-                del os.environ["LSE_MATERIAL_NATIVE"]
-            else:
-                os.environ["LSE_MATERIAL_NATIVE"] = previous
 
     def energy_of_point(p):
         return law(p[None])[0]

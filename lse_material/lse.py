@@ -267,7 +267,7 @@ class LSEICNN(nn.Module):
             x.requires_grad or any(p.requires_grad for p in self.parameters())
         ):
             return False
-        return self.gate_weights.dtype == torch.float64 and _native.available()
+        return _native.available()
 
     def _native_derivatives(self, x, hessian: bool, wrt) -> EnergyDerivatives:
         index = self._open_modes()

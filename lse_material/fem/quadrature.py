@@ -24,8 +24,8 @@ Point layout: quadrature point ``k`` of owned cell ``i`` (local index) is row
 
 Diagnostics (quadrature Functions, or None): ``phase_weights`` (n_modes, filled by ``update``
 when the potential returns them), ``min_eigenvalue`` of H, the tangent on the live inputs
-(loss of stability where negative;
-filled by ``update_diagnostics()``); ``fraction_outside_box()`` is MPI-reduced, and
+(loss of stability where negative; filled by ``update_diagnostics()``);
+``fraction_outside_box()`` is MPI-reduced, and
 ``check_training_box()`` warns or raises on it (``update()`` calls it unless told not to; the
 Newton driver calls it once per solve, on the converged state, not on trial iterates);
 ``cell_average(f)`` turns any of them into a DG0 Function for VTX/XDMF output.
@@ -199,7 +199,8 @@ class QuadratureLaw:
             values[:, self.live] = live
             for i, value in self._fixed_values.items():
                 values[:, i] = value
-        self._check_finite("non-finite inputs (NaN or inf)", non_finite_rows(live))
+        ppc = self.points_per_cell
+        raise_if_any_rank(self.mesh, ppc, "non-finite inputs (NaN or inf)", non_finite_rows(live))
         x = inputs_to_tensor(values, d, device=self.device)
         wrt = None if k == d else self.live
         with torch.no_grad():
@@ -211,10 +212,8 @@ class QuadratureLaw:
                 f"{tuple(grad.shape)}, hessian {tuple(hess.shape)} for {n} points and {k} "
                 f"differentiated inputs; expected ({n},), ({n}, {k}), ({n}, {k}, {k})."
             )
-        self._check_finite(
-            "the law returned non-finite values",
-            non_finite_rows(energy.numpy(), grad.numpy(), hess.numpy()),
-        )
+        bad = non_finite_rows(energy.numpy(), grad.numpy(), hess.numpy())
+        raise_if_any_rank(self.mesh, ppc, "the law returned non-finite values", bad)
         for function, data in (
             (self.x0, values),
             (self.psi0, energy.numpy()),
@@ -278,9 +277,6 @@ class QuadratureLaw:
         return out
 
     # ----------------------------------------------------------------- checks
-    def _check_finite(self, what: str, bad: np.ndarray | None) -> None:
-        raise_if_any_rank(self.mesh, self.points_per_cell, what, bad)
-
     def fraction_outside_box(self) -> float:
         """Fraction of all quadrature points (all ranks) outside the training box at the last update.
 
