@@ -96,7 +96,7 @@ def _voigt_strain(u, dim: int):
 
 def _load_law(model, reference: bool):
     if reference:
-        from training.metamaterial import ReferenceLaw
+        from lse_material.training.metamaterial import ReferenceLaw
 
         return ReferenceLaw()
     if model is None:

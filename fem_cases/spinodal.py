@@ -39,13 +39,13 @@ from typing import NamedTuple
 import basix.ufl
 import numpy as np
 import ufl
+from lse_material.training.data import mechanochemical as mc
 from mpi4py import MPI
 
 from lse_material.fem._dolfinx import dolfinx
 from lse_material.fem.newton import LawNewtonSolver
 from lse_material.fem.quadrature import QuadratureLaw
 from lse_material.jsonio import write_json
-from training.data import mechanochemical as mc
 
 __all__ = ["SpinodalResult", "simulate_spinodal", "register"]
 

@@ -17,13 +17,13 @@ from typing import NamedTuple
 
 import numpy as np
 import ufl
+from lse_material.training.data import mechanochemical as mc
 from mpi4py import MPI
 
 from lse_material.fem._dolfinx import dolfinx
 from lse_material.fem.newton import LawNewtonSolver, NewtonResult
 from lse_material.fem.quadrature import QuadratureLaw
 from lse_material.jsonio import write_json
-from training.data import mechanochemical as mc
 
 __all__ = ["BlockResult", "solve_block", "mechanochemical_inputs"]
 
@@ -141,7 +141,7 @@ def solve_block(
 
 
 def main(argv=None) -> int:
-    """``python -m fem_cases.verification [--ufl | --model FILE] --out FILE``: JSON of global numbers.
+    """``python -m lse_material.fem_cases.verification [--ufl | --model FILE] --out FILE``: JSON of global numbers.
 
     Without ``--ufl`` or ``--model`` the analytic ψ runs through the law interface. Runs under
     ``mpirun -n N``; rank 0 writes the file.

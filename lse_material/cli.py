@@ -15,16 +15,16 @@ import sys
 
 # Modules that contribute verbs, in the order they appear in --help.
 VERB_MODULES = [
-    "training.one_d",
-    "training.mechanochemical",
-    "training.schlogl",
-    "training.gene_circuit",
+    "lse_material.training.one_d",
+    "lse_material.training.mechanochemical",
+    "lse_material.training.schlogl",
+    "lse_material.training.gene_circuit",
     "lse_material.modelcard",
     "lse_material.bench",
-    "fem_cases.verification",
-    "fem_cases.spinodal",
-    "training.metamaterial",
-    "fem_cases.metamaterial",
+    "lse_material.fem_cases.verification",
+    "lse_material.fem_cases.spinodal",
+    "lse_material.training.metamaterial",
+    "lse_material.fem_cases.metamaterial",
 ]
 GROUPS = {
     "train": "train a model from one of the data models",

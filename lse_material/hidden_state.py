@@ -48,7 +48,7 @@ algorithmic tangent is ``dσ/dε = ψ_εε + ψ_εh · ∂h_{n+1}/∂ε_{n+1}`` 
 points and follows MGIS: ``trial(strain, dt=...)`` evaluates the end-of-step state and never
 changes the committed one; ``commit()`` after a converged step, ``revert()`` after a failed
 one. Any law with ``n_state``, ``initial_state(n)`` and ``step(...) -> StepResult`` works
-(the data model's return mapping is one: ``training.metamaterial.ReferenceLaw``).
+(the data model's return mapping is one: ``lse_material.training.metamaterial.ReferenceLaw``).
 """
 
 from __future__ import annotations

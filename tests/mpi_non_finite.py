@@ -9,13 +9,13 @@ import sys
 
 import numpy as np
 import ufl
+from lse_material.fem_cases.verification import mechanochemical_inputs
+from lse_material.training.data import mechanochemical as mc
 from mpi4py import MPI
 
-from fem_cases.verification import mechanochemical_inputs
 from lse_material.fem._dolfinx import dolfinx
 from lse_material.fem.newton import LawNewtonSolver
 from lse_material.fem.quadrature import QuadratureLaw
-from training.data import mechanochemical as mc
 
 
 def main(prefix: str) -> None:

@@ -4,8 +4,7 @@ import math
 
 import pytest
 import torch
-
-from training.data import mechanochemical as mc
+from lse_material.training.data import mechanochemical as mc
 
 EPS = torch.finfo(torch.float64).eps
 P = mc.MechanochemicalParams()

@@ -2,8 +2,7 @@
 
 import pytest
 import torch
-
-from training.data import metamaterial as mm
+from lse_material.training.data import metamaterial as mm
 
 EPS = torch.finfo(torch.float64).eps
 P = mm.MetamaterialParams()

@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import torch
 import ufl
+from lse_material.fem_cases.verification import mechanochemical_inputs, solve_block
+from lse_material.training.data import mechanochemical as mc
 from mpi4py import MPI
 from petsc4py import PETSc
 
-from fem_cases.verification import mechanochemical_inputs, solve_block
 from lse_material.fem import QuadratureLaw, convergence_orders
 from lse_material.fem._dolfinx import dolfinx
 from lse_material.lse import LSEICNN
 from lse_material.potential import AnalyticPotential
-from training.data import mechanochemical as mc
 
 pytestmark = pytest.mark.fem
 ROOT = Path(__file__).resolve().parents[1]
@@ -268,7 +268,7 @@ def test_serial_and_two_ranks_agree(tmp_path, mode):
     results = []
     for ranks in (1, 2):
         out = tmp_path / f"r{ranks}.json"
-        cmd = [MPIRUN, "-n", str(ranks), sys.executable, "-m", "fem_cases.verification"]
+        cmd = [MPIRUN, "-n", str(ranks), sys.executable, "-m", "lse_material.fem_cases.verification"]
         subprocess.run(
             [*cmd, "--mesh", "6", "--out", str(out), *mode], check=True, cwd=ROOT, timeout=300
         )

@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 import torch
 import ufl
+from lse_material.fem_cases.metamaterial import DATA_DT, force_difference, simulate_metamaterial
+from lse_material.training.data import metamaterial as mm
+from lse_material.training.metamaterial import ReferenceLaw, build_model, train_metamaterial
 from mpi4py import MPI
 
-from fem_cases.metamaterial import DATA_DT, force_difference, simulate_metamaterial
 from lse_material.fem._dolfinx import dolfinx
 from lse_material.fem.newton import LawNewtonSolver
 from lse_material.fem.state_law import QuadratureStateLaw
 from lse_material.hidden_state import tensor_to_voigt
 from tests.conftest import FULL
-from training.data import metamaterial as mm
-from training.metamaterial import ReferenceLaw, build_model, train_metamaterial
 
 pytestmark = pytest.mark.fem
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,17 +5,17 @@ import math
 
 import pytest
 import torch
-
-import lse_material
-from lse_material.cli import build_parser
-from lse_material.lse import LSEICNN
-from training.data import gene_circuit as gc
-from training.gene_circuit import (
+from lse_material.training.data import gene_circuit as gc
+from lse_material.training.gene_circuit import (
     find_wells,
     fit_potentials,
     learned_transient,
     train_gene_circuit,
 )
+
+import lse_material
+from lse_material.cli import build_parser
+from lse_material.lse import LSEICNN
 
 
 def _negative_gradient(potential, points):

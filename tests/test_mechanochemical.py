@@ -5,9 +5,8 @@ import math
 
 import pytest
 import torch
-
-from training.data import mechanochemical as mc
-from training.mechanochemical import train_mechanochemical
+from lse_material.training.data import mechanochemical as mc
+from lse_material.training.mechanochemical import train_mechanochemical
 
 
 def test_wells_of_the_data_model():

@@ -4,6 +4,8 @@ import json
 
 import pytest
 import torch
+from lse_material.training.data import metamaterial as mm
+from lse_material.training.metamaterial import ReferenceLaw, build_model, train_metamaterial
 
 import lse_material
 from lse_material.hidden_state import (
@@ -14,8 +16,6 @@ from lse_material.hidden_state import (
     voigt_to_tensor,
 )
 from tests.conftest import FULL
-from training.data import metamaterial as mm
-from training.metamaterial import ReferenceLaw, build_model, train_metamaterial
 
 DT = 1.0 / 99
 

@@ -4,8 +4,7 @@ import re
 from pathlib import Path
 
 import pytest
-
-from training.mechanochemical import train_mechanochemical
+from lse_material.training.mechanochemical import train_mechanochemical
 
 pytestmark = pytest.mark.fem
 README = Path(__file__).resolve().parents[1] / "README.md"

@@ -6,10 +6,8 @@ import math
 import numpy as np
 import pytest
 import torch
-
-from lse_material.cli import build_parser
-from training.data.schlogl import OBSERVATION_TIMES, birth_death, simulate
-from training.schlogl import (
+from lse_material.training.data.schlogl import OBSERVATION_TIMES, birth_death, simulate
+from lse_material.training.schlogl import (
     GRID,
     cv_bandwidth,
     fit_densities,
@@ -17,6 +15,8 @@ from training.schlogl import (
     hellinger,
     train_schlogl,
 )
+
+from lse_material.cli import build_parser
 
 DX = float(GRID[1] - GRID[0])
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from lse_material.fem_cases.spinodal import simulate_spinodal
+from lse_material.training.mechanochemical import train_mechanochemical
 
-from fem_cases.spinodal import simulate_spinodal
 from tests.conftest import FULL
-from training.mechanochemical import train_mechanochemical
 
 pytestmark = pytest.mark.fem
 ROOT = Path(__file__).resolve().parents[1]

@@ -4,12 +4,12 @@ import json
 
 import pytest
 import torch
+from lse_material.training.data.one_d import FUNCTIONS
+from lse_material.training.fit import FitOptions, fit, fold_gates, prune_by_elimination
+from lse_material.training.one_d import fit_1d
 
 from lse_material import LSEICNN
 from lse_material.cli import main
-from training.data.one_d import FUNCTIONS
-from training.fit import FitOptions, fit, fold_gates, prune_by_elimination
-from training.one_d import fit_1d
 
 
 def _quadratic_problem(ensemble=3):

@@ -36,12 +36,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
-
-import lse_material
-from lse_material.jsonio import write_json
-from lse_material.lse import LSEICNN
-from training.data import gene_circuit as gc
-from training.fit import (
+from lse_material.training.data import gene_circuit as gc
+from lse_material.training.fit import (
     EliminationResult,
     FitOptions,
     fit,
@@ -49,6 +45,10 @@ from training.fit import (
     prune_by_elimination,
     resolve_device,
 )
+
+import lse_material
+from lse_material.jsonio import write_json
+from lse_material.lse import LSEICNN
 
 __all__ = [
     "PotentialFit",

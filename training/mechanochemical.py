@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
+from lse_material.training.data import mechanochemical as mc
+from lse_material.training.fit import FitOptions, fit, fold_gates, resolve_device
 
 import lse_material
 from lse_material.jsonio import write_json
 from lse_material.lse import LSEICNN
-from training.data import mechanochemical as mc
-from training.fit import FitOptions, fit, fold_gates, resolve_device
 
 __all__ = ["MechanochemicalTraining", "train_mechanochemical", "r2_score", "register"]
 

@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
+from lse_material.training.data import metamaterial as mm
+from lse_material.training.fit import FitOptions, fit, resolve_device
 
 import lse_material
 from lse_material.hidden_state import (
@@ -34,8 +36,6 @@ from lse_material.hidden_state import (
     voigt_to_tensor,
 )
 from lse_material.potential import as_float64_tensor
-from training.data import metamaterial as mm
-from training.fit import FitOptions, fit, resolve_device
 
 __all__ = [
     "MetamaterialTraining",
@@ -72,7 +72,7 @@ def _write_json(path: Path, data) -> None:
 class ReferenceLaw:
     """The data model (SPEC §5) as an internal-state law: state ``ξ`` ``(P, 1)``.
 
-    ``step`` is the exact return mapping of ``training.data.metamaterial`` at the end-of-step
+    ``step`` is the exact return mapping of ``lse_material.training.data.metamaterial`` at the end-of-step
     strain (rate independent: ``dt`` is accepted and unused); the tangent is the algorithmic
     one, by autograd through the closed-form return mapping (exact: it is piecewise affine).
     Voigt conventions of ``lse_material.hidden_state``. ``fixed_phase=True`` keeps ξ ≡ 0.
@@ -122,7 +122,7 @@ def _voigt_data(data: mm.MetamaterialData, device):
 def build_model(
     strain: torch.Tensor, time: torch.Tensor, *, seed: int, stress_std
 ) -> HiddenStateMaterial:
-    """A HiddenStateMaterial with its normalisation set from training histories.
+    """A HiddenStateMaterial with its normalisation set from lse_material.training histories.
 
     strain: Voigt ``(B, T, 6)``; time ``(T,)``; stress_std: a typical stress magnitude.
     ψ's invariant inputs map their training range to [-1, 1]; h is left as is (h(0) = 0);

@@ -19,12 +19,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
-
-import lse_material
-from lse_material.jsonio import write_json
-from lse_material.lse import LSEICNN
-from training.data.one_d import FUNCTIONS, sample
-from training.fit import (
+from lse_material.training.data.one_d import FUNCTIONS, sample
+from lse_material.training.fit import (
     FitOptions,
     FitResult,
     fit,
@@ -32,6 +28,10 @@ from training.fit import (
     prune_by_elimination,
     resolve_device,
 )
+
+import lse_material
+from lse_material.jsonio import write_json
+from lse_material.lse import LSEICNN
 
 __all__ = ["OneDStudy", "fit_1d", "bench_fit_1d", "register"]
 

@@ -6,7 +6,7 @@ the negative ELBO with a uniform prior reduces to the negative log-likelihood pl
 sparsity term on the gates, with ``Z = ∫ exp(-W)`` by 1-D quadrature (rectangle rule) on a
 uniform grid over [0, 800] copies (the data range 56–665 plus a margin). All 50 time steps
 train as one ensemble model (one member per time). After the L1 phase, the batched greedy
-elimination of ``training.fit`` removes a mode when the loss rises by at most
+elimination of ``lse_material.training.fit`` removes a mode when the loss rises by at most
 ``nll_tolerance`` nats per sample; by default the BIC price of one log-concave component with
 about four parameters (weight, location, scale, shape), ``2 ln(n) / n`` (0.092 nats for
 n = 100) [ours]. Measured (defaults, seed 0): 1 mode at every t ≤ 1.2, 2 at every t ≥ 2.3;
@@ -47,10 +47,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
-
-from lse_material.lse import LSEICNN
-from training.data.schlogl import simulate
-from training.fit import (
+from lse_material.training.data.schlogl import simulate
+from lse_material.training.fit import (
     EliminationResult,
     FitOptions,
     fit,
@@ -58,6 +56,8 @@ from training.fit import (
     prune_by_elimination,
     resolve_device,
 )
+
+from lse_material.lse import LSEICNN
 
 __all__ = [
     "GRID",

@@ -2,7 +2,7 @@
 
 ``QuadratureStateLaw(law, strain, mesh, quadrature_degree=q, dt=Δt)`` binds an internal-state
 law (``lse_material.hidden_state.InternalStateLaw``: the trained ``HiddenStateMaterial`` or the
-data model's ``training.metamaterial.ReferenceLaw``) to a UFL Voigt strain ``strain`` (6,
+data model's ``lse_material.training.metamaterial.ReferenceLaw``) to a UFL Voigt strain ``strain`` (6,
 engineering shears, order 11, 22, 33, 23, 13, 12). ``update()`` evaluates the strain at the
 quadrature points of the cells this rank owns and runs the law's *trial* step from the
 committed state over ``dt``; it fills quadrature Functions ``eps0 (6)``, ``sigma0 (6)``,
