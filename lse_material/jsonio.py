@@ -1,18 +1,5 @@
-"""Atomic JSON writes: a temporary file beside the target, then ``os.replace`` (never half-written)."""
+"""Kept for existing imports: ``write_json`` lives in ``lse_material.atomic`` (atomic writes)."""
 
-from __future__ import annotations
-
-import json
-import os
-from pathlib import Path
+from lse_material.atomic import write_json
 
 __all__ = ["write_json"]
-
-
-def write_json(path: str | Path, data) -> Path:
-    """Write ``data`` as indented JSON to ``path`` atomically; returns the path."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
-    return path

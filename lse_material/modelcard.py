@@ -17,6 +17,7 @@ def model_card(model: str | Path) -> str:
     lines = [
         f"model file   {model}",
         f"class        {card['class']}  (format {card['format_version']})",
+        f"sha256       {card['sha256']}",
     ]
     units = card.get("input_units") or [""] * len(card["input_names"])
     box = card.get("training_box") or {}
