@@ -180,7 +180,9 @@ def _split(path, raw: bytes) -> tuple[str, dict[str, _Entry]]:
     a data section the offsets tile exactly.
     """
     if len(raw) < 8:
-        raise ModelFileError(path, f"{len(raw)} bytes: not a readable safetensors file; truncated or foreign?")
+        raise ModelFileError(
+            path, f"{len(raw)} bytes: not a readable safetensors file; truncated or foreign?"
+        )
     n = int.from_bytes(raw[:8], "little")
     if n > MAX_HEADER_BYTES or 8 + n > len(raw):
         raise ModelFileError(
@@ -317,9 +319,13 @@ def _check_header(path, header: dict[str, Any]) -> None:
     ) != len(names):
         raise ModelFileError(path, f"input_names {names!r} must be a list of distinct strings.")
     arch = header["architecture"]
-    if not isinstance(arch, dict) or arch.get("dtype", "float64") not in _ARCH_DTYPES:
+    if not isinstance(arch, dict) or arch.get("dtype") not in _ARCH_DTYPES:
         raise ModelFileError(
             path, f"bad architecture {arch!r}: a JSON object with dtype in {_ARCH_DTYPES}."
+        )
+    if arch.get("input_names", names) != names:
+        raise ModelFileError(
+            path, f"architecture input_names {arch['input_names']} differ from input_names {names}."
         )
     _check_box(path, header.get("training_box"), names)
 
