@@ -26,7 +26,7 @@ from lse_material.jsonio import write_json
 from lse_material.modelfile import load
 from lse_material.potential import derivatives_in_chunks
 
-__all__ = ["bench_law", "register"]
+__all__ = ["bench_law"]
 
 
 def _best_time(fn, repeats: int) -> float:
@@ -47,7 +47,25 @@ def bench_law(
     threads: int = 1,
     seed: int = 0,
 ) -> dict:
-    """Time the three paths at ``points`` points inside the model's training box; write summary.json."""
+    """Time the paths at ``points`` points inside the model's training box; write summary.json.
+
+    Prints the times per point and the speed-ups; returns the full summary.
+
+    Parameters
+    ----------
+    model
+        a model file.
+    out
+        output folder.
+    points
+        evaluation points, uniform in the model's training box.
+    repeats
+        timed repeats per path (the best is kept).
+    threads
+        torch CPU threads.
+    seed
+        seed of the points.
+    """
     torch.set_num_threads(threads)
     law = load(model)
     d = law.n_inputs
@@ -129,29 +147,6 @@ def bench_law(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "summary.json", result)
+    keys = ("microseconds_per_point", "speedup_vs_vmap_jacfwd", "speedup_vs_autograd")
+    print(json.dumps({k: result[k] for k in keys}, indent=2))
     return result
-
-
-def _print_bench_law(**options) -> None:
-    result = bench_law(**options)
-    print(
-        json.dumps(
-            {
-                k: result[k]
-                for k in ("microseconds_per_point", "speedup_vs_vmap_jacfwd", "speedup_vs_autograd")
-            },
-            indent=2,
-        )
-    )
-
-
-def register(groups) -> None:
-    p = groups["bench"].add_parser(
-        "law", help="ψ + gradient + Hessian per point: closed form vs autograd vs vmap"
-    )
-    p.add_argument("--model", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--points", type=int, default=100_000)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=1)
-    p.set_defaults(func=_print_bench_law)

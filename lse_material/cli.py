@@ -1,60 +1,243 @@
-"""The ``lse-material`` console script.
+"""The ``lse-material`` console script, generated from the verbs' functions.
 
-Each verb lives in its own module, which exposes ``register(groups)``: it adds its parser to
-``groups["top"]`` (a verb such as ``fit-1d``) or to one of the verb groups ``train``,
-``simulate``, ``bench``, and sets ``func`` to the Python function that does the work with the
-same options (so tests and notebooks call the function, not a subprocess). Modules must not
-import DOLFINx at import time: users without it can still train.
+A verb is a Python function declared as an entry point of the group ``lse_material.verbs``
+(pyproject.toml, ``[project.entry-points."lse_material.verbs"]``). The entry point's name
+places it: ``train.schlogl`` is ``lse-material train schlogl``, a name without a dot
+(``fit-1d``) is a top-level verb. The core never imports an application by name; a package
+that declares entry points in this group adds verbs.
+
+Each verb's parser is built from the function itself, so an option cannot drift from it:
+
+- a keyword-only parameter becomes ``--name`` (``finetune_epochs`` -> ``--finetune-epochs``),
+  required when it has no default; a positional parameter becomes a positional argument;
+- the type comes from the annotation: ``bool`` -> ``--flag/--no-flag``; ``int``, ``float``,
+  ``str``, ``Path``; ``X | None`` -> X (default None; ``str | Path`` -> str);
+  ``tuple[X, ...]`` -> ``--name a b``; ``list[X]`` or ``Sequence[X]`` -> repeatable
+  (``--name a --name b``); ``Literal[...]`` -> choices;
+- the defaults are the function's defaults;
+- the help texts are the descriptions in the docstring's NumPy-style "Parameters" section,
+  the verb's help is the docstring's first line and its description the text before the first
+  section.
+
+Tests and notebooks call the functions, not a subprocess. Verb modules must not import
+DOLFINx at import time: users without it can still train.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import collections.abc
+import importlib.metadata
+import inspect
 import sys
+import types
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
 
-# Modules that contribute verbs, in the order they appear in --help.
-VERB_MODULES = [
-    "lse_material.training.one_d",
-    "lse_material.training.mechanochemical",
-    "lse_material.training.schlogl",
-    "lse_material.training.gene_circuit",
-    "lse_material.modelcard",
-    "lse_material.bench",
-    "lse_material.fem_cases.verification",
-    "lse_material.fem_cases.spinodal",
-    "lse_material.training.metamaterial",
-    "lse_material.fem_cases.metamaterial",
-]
+VERB_GROUP = "lse_material.verbs"
 GROUPS = {
     "train": "train a model from one of the data models",
     "simulate": "run a finite-element case (serial, or under mpirun)",
     "bench": "benchmarks: side-by-side timings written as JSON",
 }
+_SCALARS = (bool, int, float, str, Path)
 
 
-def build_parser() -> argparse.ArgumentParser:
+class Verb(NamedTuple):
+    """One verb: its entry-point name (``group.what`` or ``what``) and its function."""
+
+    name: str
+    function: Callable[..., Any]
+
+
+class Docstring(NamedTuple):
+    """The parts of a NumPy-style docstring the CLI uses."""
+
+    summary: str  # the first line
+    description: str  # the text before the first section
+    parameters: dict[str, str]  # parameter name -> description (one line)
+
+
+def verbs(names: set[str] | None = None) -> list[Verb]:
+    """The installed verbs (only those in ``names`` when given), sorted by name.
+
+    Loading a verb imports its module; the others are not imported.
+    """
+    points = importlib.metadata.entry_points(group=VERB_GROUP)
+    chosen = [p for p in points if names is None or p.name in names]
+    return [Verb(p.name, p.load()) for p in sorted(chosen, key=lambda p: p.name)]
+
+
+def _requested(argv: list[str]) -> set[str] | None:
+    """The verb names ``argv`` needs: the one it selects, a group's verbs, or None (all).
+
+    Only the selected verb's module is imported, so ``lse-material train schlogl`` does not
+    import the finite-element cases (nor DOLFINx).
+    """
+    names = {p.name for p in importlib.metadata.entry_points(group=VERB_GROUP)}
+    words = [a for a in argv if not a.startswith("-")]
+    if not words:
+        return None
+    if words[0] in names:
+        return {words[0]}
+    if words[0] in GROUPS:
+        if len(words) > 1 and f"{words[0]}.{words[1]}" in names:
+            return {f"{words[0]}.{words[1]}"}
+        return {n for n in names if n.startswith(words[0] + ".")}
+    return None
+
+
+def _is_underline(line: str) -> bool:
+    return bool(line.strip()) and set(line.strip()) == {"-"}
+
+
+def parse_docstring(function: Callable[..., Any]) -> Docstring:
+    """Split ``function``'s docstring into summary, description and parameter descriptions.
+
+    A "Parameters" section lists ``name`` or ``name : type`` (or ``a, b : type``) at the
+    section's indentation, followed by the description indented below it.
+    """
+    lines = (inspect.getdoc(function) or "").splitlines()
+    headers = [i for i in range(len(lines) - 1) if _is_underline(lines[i + 1]) and lines[i]]
+    end = headers[0] if headers else len(lines)
+    description = "\n".join(lines[:end]).strip()
+    parameters: dict[str, str] = {}
+    for h, start in enumerate(headers):
+        if lines[start].strip() != "Parameters":
+            continue
+        stop = headers[h + 1] if h + 1 < len(headers) else len(lines)
+        names: list[str] = []
+        for line in lines[start + 2 : stop]:
+            if not line.strip():
+                continue
+            if not line.startswith(" "):
+                names = [n.strip() for n in line.split(" : ")[0].split(",")]
+                parameters.update({n: "" for n in names})
+                continue
+            for name in names:
+                parameters[name] = f"{parameters[name]} {line.strip()}".strip()
+    return Docstring(description.split("\n")[0], description, parameters)
+
+
+def _unwrap_optional(annotation: Any) -> Any:
+    """``X | None`` -> X; ``str | Path`` -> str (the CLI passes strings); others unchanged."""
+    if typing.get_origin(annotation) not in (typing.Union, types.UnionType):
+        return annotation
+    members = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return str if str in members else members[0]
+
+
+def _argument(verb: str, parameter: inspect.Parameter, annotation: Any) -> dict[str, Any]:
+    """The ``add_argument`` keywords (without help) for one parameter of a verb."""
+    kind = _unwrap_optional(annotation)
+    origin = typing.get_origin(kind)
+    options: dict[str, Any] = {}
+    if kind is bool:
+        options["action"] = argparse.BooleanOptionalAction
+    elif origin is Literal:
+        options["choices"] = list(typing.get_args(kind))
+        options["type"] = type(options["choices"][0])
+    elif origin is tuple and typing.get_args(kind)[0] in _SCALARS:
+        options["nargs"] = "+"
+        options["type"] = typing.get_args(kind)[0]
+    elif origin in (list, collections.abc.Sequence) and typing.get_args(kind)[0] in _SCALARS:
+        options["action"] = _Repeat
+        options["type"] = typing.get_args(kind)[0]
+    elif kind in _SCALARS:
+        options["type"] = kind
+    else:
+        raise TypeError(
+            f"verb {verb}: parameter {parameter.name!r} has the annotation {annotation!r}, which "
+            "the CLI cannot map; use bool, int, float, str, Path, X | None, tuple[X, ...], "
+            "list[X], Sequence[X] or Literal[...]"
+        )
+    if parameter.default is not inspect.Parameter.empty:
+        options["default"] = parameter.default
+    elif parameter.kind is inspect.Parameter.KEYWORD_ONLY:
+        options["required"] = True
+    return options
+
+
+class _Repeat(argparse.Action):
+    """``--name a --name b`` -> ``[a, b]``; the function's default is replaced, not extended."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        items = getattr(namespace, self.dest)
+        setattr(namespace, self.dest, [*([] if items is self.default else items), values])
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the docstring's line breaks in the verb's description."""
+
+
+def add_verb(subparsers: argparse._SubParsersAction, verb: Verb) -> argparse.ArgumentParser:
+    """Add ``verb``'s parser to ``subparsers``, built from its signature and docstring."""
+    doc = parse_docstring(verb.function)
+    parser = subparsers.add_parser(
+        verb.name.split(".")[-1],
+        help=doc.summary,
+        description=doc.description,
+        formatter_class=_Formatter,
+    )
+    hints = typing.get_type_hints(verb.function)
+    for parameter in inspect.signature(verb.function).parameters.values():
+        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            raise TypeError(f"verb {verb.name}: *args/**kwargs cannot become options")
+        options = _argument(verb.name, parameter, hints.get(parameter.name, str))
+        text = doc.parameters.get(parameter.name)
+        if text is not None and options.get("default") not in (None, ()):
+            text += " (default: %(default)s)"
+        if parameter.kind is parameter.KEYWORD_ONLY:
+            flag = "--" + parameter.name.replace("_", "-")
+            parser.add_argument(flag, dest=parameter.name, help=text, **options)
+        else:
+            options.pop("required", None)
+            if "default" in options:
+                options["nargs"] = "?"
+            parser.add_argument(parameter.name, help=text, **options)
+    parser.set_defaults(func=verb.function)
+    return parser
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser: one sub-parser per installed verb, or only those ``argv`` needs."""
     parser = argparse.ArgumentParser(
         prog="lse-material", description="LSE-ICNN multi-well constitutive laws for DOLFINx."
     )
+    version = importlib.metadata.version("lse-material")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version}")
     top = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
-    groups = {"top": top}
+    groups = {}
     for name, help_text in GROUPS.items():
         group = top.add_parser(name, help=help_text)
         groups[name] = group.add_subparsers(dest="what", metavar="WHAT", required=True)
-    for module in VERB_MODULES:
-        importlib.import_module(module).register(groups)
+    for verb in verbs(None if argv is None else _requested(argv)):
+        group, _, what = verb.name.rpartition(".")
+        if group and group not in groups:
+            raise ValueError(
+                f"verb {verb.name!r}: unknown group {group!r}; use one of {sorted(GROUPS)} "
+                "or a name without a dot"
+            )
+        add_verb(groups[group] if group else top, verb)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one verb. Bad input (ValueError, FileNotFoundError): one line on stderr, exit 2;
+    an interrupt (Ctrl-C, or a verb's KeyboardInterrupt subclass): one line, exit 130."""
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     options = {k: v for k, v in vars(args).items() if k not in ("verb", "what", "func")}
     try:
         args.func(**options)
     except (ValueError, FileNotFoundError) as error:
         print(f"lse-material: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as error:
+        print(f"lse-material: {error or 'interrupted'}", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from lse_material.modelfile import load
 
-__all__ = ["model_card", "register"]
+__all__ = ["model_card", "print_model_card"]
 
 
 def model_card(model: str | Path) -> str:
@@ -45,11 +45,12 @@ def model_card(model: str | Path) -> str:
     return "\n".join(lines)
 
 
-def _inspect(model: str) -> None:
+def print_model_card(model: str) -> None:
+    """Print the model card of a model file: inputs, modes, ρ, training box, metrics, versions.
+
+    Parameters
+    ----------
+    model
+        a model file (.safetensors) written by ``lse_material.save``.
+    """
     print(model_card(model))
-
-
-def register(groups) -> None:
-    p = groups["top"].add_parser("inspect", help="print the model card of a model file")
-    p.add_argument("model")
-    p.set_defaults(func=_inspect)

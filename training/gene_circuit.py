@@ -47,7 +47,7 @@ from lse_material.training.fit import (
 )
 
 import lse_material
-from lse_material.jsonio import write_json
+from lse_material.atomic import write_json
 from lse_material.lse import LSEICNN
 
 __all__ = [
@@ -55,7 +55,6 @@ __all__ = [
     "find_wells",
     "fit_potentials",
     "learned_transient",
-    "register",
     "train_gene_circuit",
 ]
 
@@ -251,6 +250,29 @@ def train_gene_circuit(
     file per landscape (``weak.safetensors``, ``strong.safetensors``) and, with ``plots``,
     landscapes.png (true and learned V with trajectories) and transient_landscape.png.
     Returns the summary.
+
+    Parameters
+    ----------
+    out
+        output folder.
+    trajectories
+        trajectories per γ.
+    stride
+        use every stride-th sample point of the trajectories.
+    epochs
+        Adam epochs of the L1 phase.
+    finetune_epochs
+        epochs of the fine-tuning after each mode removal.
+    tolerance
+        largest relative velocity error a mode removal may reach.
+    seed
+        seed of the trajectories, the initialisation and the transient starts.
+    device
+        auto, cpu or cuda[:N].
+    threads
+        torch CPU threads (0: leave as is).
+    plots
+        write the PNG figures.
     """
     if trajectories < 5:
         raise ValueError(f"need at least 5 trajectories, got {trajectories}.")
@@ -406,21 +428,3 @@ def _plots(out: Path, model: LSEICNN, names, wells, data, learned_run, true_run)
     fig.tight_layout()
     fig.savefig(out / "transient_landscape.png", dpi=100)
     plt.close(fig)
-
-
-def register(groups) -> None:
-    p = groups["train"].add_parser(
-        "gene-circuit", help="gene-circuit landscapes, γ = 0.2 and 2.0 (SPEC §6)"
-    )
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--trajectories", type=int, default=100, help="trajectories per γ")
-    p.add_argument("--stride", type=int, default=3, help="use every STRIDE-th sample point")
-    p.add_argument("--epochs", type=int, default=1500, help="Adam epochs of the L1 phase")
-    p.add_argument("--finetune-epochs", type=int, default=2000, help="epochs per elimination")
-    p.add_argument(
-        "--tolerance", type=float, default=0.1, help="largest relative velocity error kept"
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.set_defaults(func=train_gene_circuit)

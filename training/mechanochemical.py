@@ -21,7 +21,7 @@ import lse_material
 from lse_material.jsonio import write_json
 from lse_material.lse import LSEICNN
 
-__all__ = ["MechanochemicalTraining", "train_mechanochemical", "r2_score", "register"]
+__all__ = ["MechanochemicalTraining", "train_mechanochemical", "r2_score"]
 
 N_MODES, HIDDEN = 5, (10, 10)  # SPEC §3 [paper]
 N_TRAIN_FRACTION = 0.8  # 800 / 200 split [paper]
@@ -48,7 +48,25 @@ def train_mechanochemical(
     threads: int = 0,
     plots: bool = True,
 ) -> MechanochemicalTraining:
-    """Train the LSE-ICNN on S and μ of the data model; write the model file, plots, summary.json."""
+    """Train the LSE-ICNN on S and μ of the data model; write the model file, plots, summary.json.
+
+    Parameters
+    ----------
+    out
+        output folder.
+    samples
+        data points drawn from the data model (80 % train, 20 % held out).
+    epochs
+        full-batch Adam epochs.
+    seed
+        seed of the data, the split and the initialisation.
+    device
+        auto, cpu or cuda[:N].
+    threads
+        torch CPU threads (0: leave as is).
+    plots
+        write the PNG figures.
+    """
     if samples < 10 or epochs < 1:
         raise ValueError(
             f"need samples >= 10 and epochs >= 1; got samples={samples}, epochs={epochs}."
@@ -216,16 +234,3 @@ def _plots(out, d, data, test, psi_pred, psi_true, t, path, s_path, mu_path) -> 
     fig.tight_layout()
     fig.savefig(out / "extrapolation.png", dpi=110)
     plt.close(fig)
-
-
-def register(groups) -> None:
-    p = groups["train"].add_parser(
-        "mechanochemical", help="the mechanochemical free energy (SPEC §3)"
-    )
-    p.add_argument("--out", required=True)
-    p.add_argument("--samples", type=int, default=1000)
-    p.add_argument("--epochs", type=int, default=10000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=0)
-    p.set_defaults(func=train_mechanochemical)

@@ -15,8 +15,6 @@ interface of ``lse_material.hidden_state`` (state = ξ), the reference of the FE
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -26,6 +24,7 @@ from lse_material.training.data import metamaterial as mm
 from lse_material.training.fit import FitOptions, fit, resolve_device
 
 import lse_material
+from lse_material.atomic import write_json
 from lse_material.hidden_state import (
     ODE_INPUT_NAMES,
     HiddenStateMaterial,
@@ -41,7 +40,6 @@ __all__ = [
     "MetamaterialTraining",
     "ReferenceLaw",
     "r2_score",
-    "register",
     "train_metamaterial",
 ]
 
@@ -60,12 +58,6 @@ def r2_score(pred: torch.Tensor, true: torch.Tensor) -> float:
     """Coefficient of determination over all entries (flattened)."""
     pred, true = pred.reshape(-1), true.reshape(-1)
     return float(1 - (pred - true).pow(2).sum() / (true - true.mean()).pow(2).sum())
-
-
-def _write_json(path: Path, data) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------- reference law
@@ -184,20 +176,32 @@ def train_metamaterial(
     epochs: int = 3000,
     lr: float = 3e-3,
     seed: int = 0,
-    device: str = "cpu",
+    device: str = "auto",
     threads: int = 0,
     plots: bool = True,
 ) -> MetamaterialTraining:
     """Train ψ and N on the stress of sawtooth histories; write the model, plots, summary.json.
 
-    Args:
-        out: output folder (``model.safetensors``, ``summary.json``, ``history.json``,
-            ``parity.png``, ``loops.png``).
-        fixed_phase: train on the fixed-phase data (ξ ≡ 0, linear elasticity).
-        trajectories: number of histories (80 % train, 20 % held out).
-        epochs, lr: full-batch Adam steps and learning rate (gates and ρ: the same rate).
-        seed: data, split and initialisation; device: auto | cpu | cuda; threads: torch threads
-            (0: leave as is); plots: write the PNGs.
+    Parameters
+    ----------
+    out
+        output folder (model.safetensors, summary.json, history.json, parity.png, loops.png).
+    fixed_phase
+        train on the fixed-phase data (ξ ≡ 0, linear elasticity).
+    trajectories
+        number of histories (80 % train, 20 % held out).
+    epochs
+        full-batch Adam steps (the last 15 % at lr/10).
+    lr
+        learning rate of both networks, the gates and ρ.
+    seed
+        seed of the data, the split and the initialisation.
+    device
+        auto, cpu or cuda[:N].
+    threads
+        torch CPU threads (0: leave as is).
+    plots
+        write the PNG figures.
     """
     if trajectories < 5 or epochs < 1 or not lr > 0:
         raise ValueError(
@@ -317,7 +321,7 @@ def train_metamaterial(
         metrics={"test_r2_stress": summary["test_r2_stress"], "test_r2_components": r2},
     )
     history.save(out / "history.json")
-    _write_json(out / "summary.json", summary)
+    write_json(out / "summary.json", summary)
     if plots:
         _plots(out, roll, strain[test], stress[test], xi[test], history, fixed_phase)
     return MetamaterialTraining(summary, model)
@@ -367,18 +371,3 @@ def _plots(out: Path, roll, strain, stress, xi, history, fixed_phase: bool) -> N
     fig.tight_layout()
     fig.savefig(out / "loops.png", dpi=110)
     plt.close(fig)
-
-
-def register(groups) -> None:
-    p = groups["train"].add_parser(
-        "metamaterial", help="phase-transforming metamaterial: ψ(ε, h) + neural ODE for h (SPEC §5)"
-    )
-    p.add_argument("--out", required=True)
-    p.add_argument("--fixed-phase", action="store_true", help="ξ ≡ 0 data (linear elastic)")
-    p.add_argument("--trajectories", type=int, default=N_TRAJECTORIES)
-    p.add_argument("--epochs", type=int, default=3000)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=0)
-    p.set_defaults(func=train_metamaterial)

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 from lse_material.training.data.one_d import FUNCTIONS, sample
 from lse_material.training.fit import (
+    EliminationResult,
     FitOptions,
     FitResult,
     fit,
@@ -30,12 +31,14 @@ from lse_material.training.fit import (
 )
 
 import lse_material
-from lse_material.jsonio import write_json
+from lse_material.atomic import write_json
 from lse_material.lse import LSEICNN
+from lse_material.plotting import save_figure, subplots
 
-__all__ = ["OneDStudy", "fit_1d", "bench_fit_1d", "register"]
+__all__ = ["FunctionName", "OneDStudy", "bench_fit_1d", "fit_1d"]
 
 N_TRAIN, N_EVAL, N_MODES, HIDDEN = 200, 200, 10, (10, 10)  # SPEC §2 [paper]
+FunctionName = Literal["cosine", "minmix", "quartic", "all"]  # a key of FUNCTIONS, or all
 
 
 class OneDStudy(NamedTuple):
@@ -57,55 +60,49 @@ def _ensemble_data(names: list[str], seeds: int):
     return torch.stack(xs), torch.stack(ys), torch.tensor(half, dtype=torch.float64)[:, None, None]
 
 
-def fit_1d(
-    *,
-    out: str | Path,
-    function: str = "all",
-    seeds: int = 10,
-    epochs: int = 20000,
-    finetune_epochs: int = 1000,
-    polish_epochs: int = 2000,
-    tolerance: float = 0.009,
-    device: str = "auto",
-    threads: int = 0,
-    plots: bool = True,
-) -> OneDStudy:
-    """Run the 1-D study and write ``out/summary.json``, figures and the best model per function.
+class _Data(NamedTuple):
+    """The normalised ensemble data: each member's x in [-1, 1], f in [0, 1].
 
-    Args:
-        out: output folder. function: quartic | cosine | minmix | all. seeds: seeds per function.
-        epochs: fit-phase epochs (the elimination and polish phases add theirs; all are
-            recorded in the summary). tolerance: RMSE (fraction of the range) a mode removal
-            may reach. device: auto | cpu | cuda. threads: torch CPU threads (0: leave as is).
+    x (M, 200, 1), y (M, 200) on the device; half (M, 1, 1) domain half-widths, low and span
+    (M, 1) the shift and scale of f, on the CPU.
     """
-    names = sorted(FUNCTIONS) if function == "all" else [function]
-    if any(n not in FUNCTIONS for n in names):
-        raise ValueError(f"function must be one of {sorted(FUNCTIONS)} or 'all'; got {function!r}.")
-    if seeds < 1 or epochs < 1:
-        raise ValueError(f"seeds and epochs must be >= 1; got seeds={seeds}, epochs={epochs}.")
-    if threads:
-        torch.set_num_threads(threads)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    dev = resolve_device(device)
-    t0 = time.perf_counter()
 
+    x: torch.Tensor
+    y: torch.Tensor
+    half: torch.Tensor
+    low: torch.Tensor
+    span: torch.Tensor
+
+
+def _normalised_data(names: list[str], seeds: int, device: torch.device) -> _Data:
     x, y, half = _ensemble_data(names, seeds)
     low = y.min(-1, keepdim=True).values
     span = y.max(-1, keepdim=True).values - low
-    x_n, y_n = (
-        (x / half).to(dev),
-        ((y - low) / span).to(dev),
-    )  # each member: x in [-1, 1], f in [0, 1]
-    members = len(names) * seeds
-    model = LSEICNN(
-        1, N_MODES, HIDDEN, ensemble=members, rho=1.0, generator=torch.Generator().manual_seed(0)
-    )
-    model = model.to(dev)
-    model.spread_modes(x_n)
+    return _Data((x / half).to(device), ((y - low) / span).to(device), half, low, span)
+
+
+class _Training(NamedTuple):
+    """The three phases' records: fit history, elimination, polish history, and options."""
+
+    fit: FitResult
+    elimination: EliminationResult
+    polish: FitResult
+    fit_options: FitOptions
+
+
+def _train(
+    model: LSEICNN,
+    data: _Data,
+    *,
+    epochs: int,
+    finetune_epochs: int,
+    polish_epochs: int,
+    tolerance: float,
+) -> _Training:
+    """Fit with L1, fold the gates, eliminate modes, polish (steps 2-4 of the protocol)."""
 
     def data_loss():
-        return (model(x_n) - y_n).pow(2).mean(-1)
+        return (model(data.x) - data.y).pow(2).mean(-1)
 
     fit_options = FitOptions(
         epochs=epochs,
@@ -129,7 +126,7 @@ def fit_1d(
     elimination = prune_by_elimination(
         model,
         data_loss,
-        x_n,
+        data.x,
         finetune=finetune,
         accept=lambda before, after: (after.sqrt() <= tolerance) | (after <= 1.21 * before),
     )
@@ -141,29 +138,149 @@ def fit_1d(
         log_every=max(polish_epochs // 20, 1),
     )
     polish_history = fit(model, data_loss, polish, description="polish")
+    return _Training(history, elimination, polish_history, fit_options)
+
+
+def _function_result(
+    name: str, rows: slice, grid: torch.Tensor, pred: torch.Tensor, model: LSEICNN
+) -> dict:
+    """The summary entry of one function from its seeds' predictions ``pred[rows]``."""
+    truth = FUNCTIONS[name].f(grid[rows.start, :, 0])
+    value_range = float(truth.max() - truth.min())
+    rmse = ((pred[rows] - truth).pow(2).mean(-1).sqrt() / value_range).cpu()
+    counts = model.active_modes().cpu()[rows].tolist()
+    wells = len(FUNCTIONS[name].wells)
+    correct = [c == wells for c in counts]
+    best = min(range(len(counts)), key=lambda s: (not correct[s], float(rmse[s])))
+    return {
+        "wells_true": wells,
+        "active_modes": counts,
+        "seeds_correct": sum(correct),
+        "rmse": float(rmse[best]) * value_range,
+        "rmse_relative": rmse.tolist(),
+        "rmse_relative_max": float(rmse.max()),
+        "range": value_range,
+        "best_seed": best,
+        "rho": model.rho()[rows].tolist(),
+    }
+
+
+def _save_best(model: LSEICNN, name: str, member: int, data: _Data, result: dict, out: Path):
+    """Save ensemble ``member`` as ``out/<name>.safetensors`` in the function's own units."""
+    single = model.member(member).cpu()
+    single.input_names = ("x",)
+    single.set_normalization(
+        input_shift=0.0,
+        input_scale=float(data.half[member]),
+        energy_shift=float(data.low[member]),
+        energy_scale=float(data.span[member]),
+    )
+    lse_material.save(
+        single,
+        out / f"{name}.safetensors",
+        training_box={"x": list(FUNCTIONS[name].domain)},
+        output={"name": f"{name}(x)", "units": "1"},
+        input_units=["1"],
+        training={"study": "fit-1d", "seed": result["best_seed"], "rmse": result["rmse"]},
+    )
+    return single
+
+
+def fit_1d(
+    *,
+    out: str | Path,
+    function: FunctionName = "all",
+    seeds: int = 10,
+    epochs: int = 20000,
+    finetune_epochs: int = 1000,
+    polish_epochs: int = 2000,
+    tolerance: float = 0.009,
+    device: str = "auto",
+    threads: int = 0,
+    plots: bool = True,
+) -> OneDStudy:
+    """The 1-D well-discovery study (docs/science.md §2).
+
+    Writes ``out/summary.json``, ``out/history.json``, the best model per function
+    (``out/<function>.safetensors``) and, with ``plots``, history_active_loss.png, fits.png and
+    rho_gates.png. Returns the summary and the models.
+
+    Parameters
+    ----------
+    out
+        output folder.
+    function
+        the test function, or all three.
+    seeds
+        seeds per function (all functions × seeds train as one batched ensemble).
+    epochs
+        fit-phase epochs (the elimination and polish phases add theirs; all are recorded in
+        the summary).
+    finetune_epochs
+        epochs of the fine-tuning after each mode removal.
+    polish_epochs
+        epochs of the final fit without L1.
+    tolerance
+        RMSE (fraction of the function's range) a mode removal may reach.
+    device
+        auto, cpu or cuda[:N].
+    threads
+        torch CPU threads (0: leave as is).
+    plots
+        write the PNG figures.
+    """
+    names = sorted(FUNCTIONS) if function == "all" else [function]
+    if any(n not in FUNCTIONS for n in names):
+        raise ValueError(f"function must be one of {sorted(FUNCTIONS)} or 'all'; got {function!r}.")
+    if seeds < 1 or epochs < 1:
+        raise ValueError(f"seeds and epochs must be >= 1; got seeds={seeds}, epochs={epochs}.")
+    if threads:
+        torch.set_num_threads(threads)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = resolve_device(device)
+    t0 = time.perf_counter()
+    data = _normalised_data(names, seeds, dev)
+    model = LSEICNN(
+        1,
+        N_MODES,
+        HIDDEN,
+        ensemble=len(names) * seeds,
+        rho=1.0,
+        generator=torch.Generator().manual_seed(0),
+    ).to(dev)
+    model.spread_modes(data.x)
+    phases = _train(
+        model,
+        data,
+        epochs=epochs,
+        finetune_epochs=finetune_epochs,
+        polish_epochs=polish_epochs,
+        tolerance=tolerance,
+    )
     seconds = time.perf_counter() - t0
 
     # Evaluate on each function's 200-point grid, in the function's own units.
     unit_grid = torch.linspace(-1, 1, N_EVAL, dtype=torch.float64)[:, None]
-    grid = unit_grid * half  # (M, 200, 1)
+    grid = unit_grid * data.half  # (M, 200, 1)
     with torch.no_grad():
-        pred = model(unit_grid.to(dev)).cpu() * span + low  # (M, 200)
-    active = model.active_modes().cpu()
+        pred = model(unit_grid.to(dev)).cpu() * data.span + data.low  # (M, 200)
+    rounds = phases.elimination.rounds
     summary = {
         "seeds": seeds,
         "epochs": epochs,
         "seconds": seconds,
-        "epochs_total": epochs + elimination.rounds * finetune_epochs + polish_epochs,
+        "epochs_total": epochs + rounds * finetune_epochs + polish_epochs,
         "protocol": {
             "fit_epochs": epochs,
-            "elimination_rounds": elimination.rounds,
+            "elimination_rounds": rounds,
             "finetune_epochs": finetune_epochs,
             "polish_epochs": polish_epochs,
             "tolerance": tolerance,
-            "l1": fit_options.l1,
+            "l1": phases.fit_options.l1,
             "rho_start": 1.0,
-            "lr_network": 1e-2,
-            "lr_gates": 1e-2,
+            "lr_network": phases.fit_options.lr_network,
+            "lr_gates": phases.fit_options.lr_gates,
             "device": str(dev),
         },
         "functions": {},
@@ -171,70 +288,34 @@ def fit_1d(
     models = {}
     for i, name in enumerate(names):
         rows = slice(i * seeds, (i + 1) * seeds)
-        truth = FUNCTIONS[name].f(grid[i * seeds, :, 0])
-        value_range = float(truth.max() - truth.min())
-        rmse = ((pred[rows] - truth).pow(2).mean(-1).sqrt() / value_range).cpu()
-        counts = active[rows].tolist()
-        wells = len(FUNCTIONS[name].wells)
-        correct = [c == wells for c in counts]
-        best = min(range(seeds), key=lambda s: (not correct[s], float(rmse[s])))
-        summary["functions"][name] = {
-            "wells_true": wells,
-            "active_modes": counts,
-            "seeds_correct": sum(correct),
-            "rmse": float(rmse[best]) * value_range,
-            "rmse_relative": rmse.tolist(),
-            "rmse_relative_max": float(rmse.max()),
-            "range": value_range,
-            "best_seed": best,
-            "rho": model.rho()[rows].tolist(),
-        }
-        single = model.member(i * seeds + best).cpu()
-        single.input_names = ("x",)
-        single.set_normalization(
-            input_shift=0.0,
-            input_scale=float(half[i * seeds]),
-            energy_shift=float(low[i * seeds + best]),
-            energy_scale=float(span[i * seeds + best]),
-        )
-        lse_material.save(
-            single,
-            out / f"{name}.safetensors",
-            training_box={"x": list(FUNCTIONS[name].domain)},
-            output={"name": f"{name}(x)", "units": "1"},
-            input_units=["1"],
-            training={"study": "fit-1d", "seed": best, "rmse": float(rmse[best]) * value_range},
-        )
-        models[name] = single
+        result = _function_result(name, rows, grid, pred, model)
+        summary["functions"][name] = result
+        models[name] = _save_best(model, name, rows.start + result["best_seed"], data, result, out)
     write_json(out / "summary.json", summary)
     write_json(
         out / "history.json",
         {
             "names": names,
             "seeds": seeds,
-            "fit": history.__dict__,
-            "polish": polish_history.__dict__,
-            "elimination_removed": elimination.removed,
+            "fit": phases.fit.__dict__,
+            "polish": phases.polish.__dict__,
+            "elimination_removed": phases.elimination.removed,
         },
     )
     if plots:
-        _plots(out, names, seeds, history, polish_history, grid, pred)
+        _plots(out, names, seeds, phases.fit, grid, pred)
     return OneDStudy(summary, models)
 
 
-def _plots(out: Path, names, seeds, history: FitResult, polish: FitResult, grid, pred) -> None:
-    """SPEC §2 figures: active modes and loss vs epoch (all seeds + median), fits, ρ and gates."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def _plots(out: Path, names, seeds, history: FitResult, grid, pred) -> None:
+    """The study's figures: active modes and loss vs epoch (all seeds + median), fits, ρ and gates."""
     epochs = torch.tensor(history.epoch)
     loss = torch.tensor(history.loss)  # (T, M)
     active = torch.tensor(history.active_modes, dtype=torch.float64)
     rho = torch.tensor(history.rho)
     gates = torch.tensor(history.gates)  # (T, M, N)
-    fig, axes = plt.subplots(2, len(names), figsize=(4.5 * len(names), 6), squeeze=False)
+    width = 4.5 * len(names)
+    fig, axes = subplots(2, len(names), size=(width, 6))
     for i, name in enumerate(names):
         rows = slice(i * seeds, (i + 1) * seeds)
         for ax, series, label in (
@@ -249,11 +330,9 @@ def _plots(out: Path, names, seeds, history: FitResult, polish: FitResult, grid,
         axes[1, i].set_yscale("log")
         axes[0, i].axhline(len(FUNCTIONS[name].wells), color="tab:red", ls="--", label="true wells")
         axes[0, i].legend()
-    fig.tight_layout()
-    fig.savefig(out / "history_active_loss.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, out / "history_active_loss.png")
 
-    fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.6), squeeze=False)
+    fig, axes = subplots(1, len(names), size=(width, 3.6))
     for i, name in enumerate(names):
         ax = axes[0, i]
         xs = grid[i * seeds, :, 0]
@@ -262,11 +341,9 @@ def _plots(out: Path, names, seeds, history: FitResult, polish: FitResult, grid,
             ax.plot(xs, pred[i * seeds + s], lw=0.9, alpha=0.8)
         ax.set_title(f"{name}: fits of {seeds} seeds")
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "fits.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, out / "fits.png")
 
-    fig, axes = plt.subplots(2, len(names), figsize=(4.5 * len(names), 6), squeeze=False)
+    fig, axes = subplots(2, len(names), size=(width, 6))
     for i, name in enumerate(names):
         rows = slice(i * seeds, (i + 1) * seeds)
         axes[0, i].semilogy(epochs, rho[:, rows])
@@ -274,15 +351,24 @@ def _plots(out: Path, names, seeds, history: FitResult, polish: FitResult, grid,
         axes[1, i].plot(epochs, gates[:, i * seeds])  # the first seed's gates
         axes[1, i].set_title(f"{name}: gates g(w), seed 0")
         axes[1, i].set_xlabel("epoch (fit phase)")
-    fig.tight_layout()
-    fig.savefig(out / "rho_gates.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, out / "rho_gates.png")
 
 
 def bench_fit_1d(*, out: str | Path, epochs: int = 100, seeds: int = 10, threads: int = 0) -> dict:
     """Time per epoch: one seed at a time (eager, modes batched) vs all seeds × functions batched.
 
     Writes ``out/summary.json`` with the raw times and ``speedup_batched_vs_sequential``.
+
+    Parameters
+    ----------
+    out
+        output folder.
+    epochs
+        Adam epochs timed per run.
+    seeds
+        seeds per function (the batched run trains all functions × seeds at once).
+    threads
+        torch CPU threads (0: leave as is).
     """
     if threads:
         torch.set_num_threads(threads)
@@ -318,23 +404,3 @@ def bench_fit_1d(*, out: str | Path, epochs: int = 100, seeds: int = 10, threads
     }
     write_json(out / "summary.json", result)
     return result
-
-
-def register(groups) -> None:
-    p = groups["top"].add_parser("fit-1d", help="the 1-D well-discovery study (SPEC §2)")
-    p.add_argument("--function", default="all", choices=[*sorted(FUNCTIONS), "all"])
-    p.add_argument("--seeds", type=int, default=10)
-    p.add_argument("--epochs", type=int, default=20000, help="fit-phase epochs (default 20000)")
-    p.add_argument("--finetune-epochs", type=int, default=1000)
-    p.add_argument("--polish-epochs", type=int, default=2000)
-    p.add_argument("--tolerance", type=float, default=0.009)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--out", required=True)
-    p.set_defaults(func=fit_1d)
-    b = groups["bench"].add_parser("fit-1d", help="batched seed ensemble vs one seed at a time")
-    b.add_argument("--epochs", type=int, default=100)
-    b.add_argument("--seeds", type=int, default=10)
-    b.add_argument("--threads", type=int, default=0)
-    b.add_argument("--out", required=True)
-    b.set_defaults(func=bench_fit_1d)

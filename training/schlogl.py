@@ -39,9 +39,7 @@ Choices [ours]:
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -57,6 +55,7 @@ from lse_material.training.fit import (
     resolve_device,
 )
 
+from lse_material.atomic import write_json
 from lse_material.lse import LSEICNN
 
 __all__ = [
@@ -66,7 +65,6 @@ __all__ = [
     "fit_densities",
     "gaussian_kde",
     "hellinger",
-    "register",
     "train_schlogl",
 ]
 
@@ -260,12 +258,6 @@ def fit_densities(
     return DensityFit(model, log_density, final_nll, elimination)
 
 
-def _write_json(path: Path, data) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
-
-
 def train_schlogl(
     *,
     out: str | Path,
@@ -287,6 +279,32 @@ def train_schlogl(
     with ``plots``, trajectories.png, densities.png (KDEs vs LSE at t = 0.1, 0.5, 1, 2, 5),
     distances.png (distances and active modes per time) and density_over_time.png.
     Returns the summary.
+
+    Parameters
+    ----------
+    out
+        output folder.
+    trajectories
+        SSA trajectories; the first half train, the second half is held out.
+    epochs
+        Adam epochs of the L1 phase.
+    finetune_epochs
+        epochs of the fine-tuning after each mode removal.
+    nll_tolerance
+        largest rise of the loss (nats per sample) a mode removal may cause (default:
+        2 ln(n) / n, the BIC price of one component).
+    smoothing
+        likelihood smoothing, a multiple of the KDE bandwidth (0: the raw likelihood).
+    reference_trajectories
+        an independent SSA ensemble whose KDE serves as the reference density (0: none).
+    seed
+        seed of the simulation and the initialisation.
+    device
+        auto, cpu or cuda[:N].
+    threads
+        torch CPU threads (0: leave as is).
+    plots
+        write the PNG figures.
     """
     if trajectories < 20:
         raise ValueError(f"need at least 20 trajectories, got {trajectories}.")
@@ -360,7 +378,7 @@ def train_schlogl(
         "ssa_seconds": ssa_seconds,
         "seconds": time.perf_counter() - t0,
     }
-    _write_json(out / "summary.json", summary)
+    write_json(out / "summary.json", summary)
     if plots:
         _plots(out, data, density, kde_test, plot_reference, summary)
     return summary
@@ -440,27 +458,3 @@ def _plots(out: Path, data, density, kde_test, kde_reference, summary) -> None:
     fig.tight_layout()
     fig.savefig(out / "density_over_time.png", dpi=110)
     plt.close(fig)
-
-
-def register(groups) -> None:
-    p = groups["train"].add_parser(
-        "schlogl", help="Schlögl model: LSE-ICNN densities per time (SPEC §4)"
-    )
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--trajectories", type=int, default=200)
-    p.add_argument("--epochs", type=int, default=2000, help="Adam epochs of the L1 phase")
-    p.add_argument("--finetune-epochs", type=int, default=300, help="epochs per elimination")
-    p.add_argument(
-        "--nll-tolerance", type=float, default=None, help="nats per sample (default 2 ln(n)/n)"
-    )
-    p.add_argument("--smoothing", type=float, default=1.0, help="likelihood smoothing (0: raw)")
-    p.add_argument(
-        "--reference-trajectories",
-        type=int,
-        default=1000,
-        help="an independent SSA ensemble as the reference density (0: none)",
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.set_defaults(func=train_schlogl)
