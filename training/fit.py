@@ -61,7 +61,9 @@ class FitOptions:
     (SPEC §2 start values 1e-3 / 1e-2). l1: λ of eq. 7. sparsify_after: fraction of the epochs
     trained without L1 (fit first). ramp: fraction of the epochs over which λ ramps to its
     value. log_every: epochs between history records. checkpoint_every: epochs between
-    resumable checkpoints (0: none). progress: show a progress bar on a terminal.
+    resumable checkpoints (0: none). progress: report progress on stderr: a progress bar on a
+    terminal, otherwise (a log file, CI) one line every ``report_every`` epochs (0: a tenth
+    of the epochs) with the epoch, the loss, the active modes and ρ.
     """
 
     epochs: int
@@ -73,6 +75,7 @@ class FitOptions:
     log_every: int = 100
     checkpoint_every: int = 0
     progress: bool = True
+    report_every: int = 0
 
     def __post_init__(self):
         if self.epochs < 1:
@@ -169,6 +172,7 @@ def fit(
         start = int(state["epoch"])
     t0 = time.perf_counter() - result.seconds
     show = options.progress and sys.stderr.isatty()
+    report_every = options.report_every or max(options.epochs // 10, 1)
     bar = tqdm(range(start, options.epochs), desc=description, disable=not show, mininterval=1.0)
     for epoch in bar:
         optimizer.zero_grad(set_to_none=True)
@@ -194,6 +198,11 @@ def fit(
                 result.gates.append(lse.gates().tolist())
             if show:
                 bar.set_postfix(loss=f"{float(total.mean()):.3e}")
+        if options.progress and not show and (epoch % report_every == 0 or last):
+            print(
+                _report_line(description, epoch + 1, options.epochs, data_loss, lse),
+                file=sys.stderr,
+            )
         if (
             checkpoint is not None
             and options.checkpoint_every
@@ -203,6 +212,24 @@ def fit(
             _save_checkpoint(checkpoint, model, optimizer, epoch + 1, result)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+@torch.no_grad()
+def _report_line(
+    description: str, epoch: int, epochs: int, data_loss: torch.Tensor, lse: LSEICNN
+) -> str:
+    """One progress line: epoch, data loss, active modes and ρ (ensembles: mean and range)."""
+
+    def spread(values: torch.Tensor, form: str) -> str:
+        values = values.detach().double().flatten().cpu()
+        lo, hi = float(values.min()), float(values.max())
+        mean = format(float(values.mean()), form)
+        return mean if lo == hi else f"{mean} [{lo:{form}}, {hi:{form}}]"
+
+    return (
+        f"{description}: epoch {epoch}/{epochs}  loss {spread(data_loss, '.3e')}  "
+        f"active modes {spread(lse.active_modes(), 'g')}  rho {spread(lse.rho(), '.4g')}"
+    )
 
 
 def _save_checkpoint(path, model, optimizer, epoch: int, result: FitResult) -> None:
