@@ -31,6 +31,16 @@ def test_ensemble_members_train_independently():
     assert torch.allclose(model(x)[1], twin(x), rtol=0, atol=1e-10)
 
 
+def test_fit_reports_every_n_epochs_when_stderr_is_not_a_terminal(capsys):
+    model, _, loss = _quadratic_problem()
+    fit(model, loss, FitOptions(epochs=40, report_every=10, log_every=40), description="demo")
+    lines = capsys.readouterr().err.strip().splitlines()  # captured stderr: not a terminal
+    assert [line.split()[2] for line in lines] == ["1/40", "11/40", "21/40", "31/40", "40/40"]
+    assert all("loss" in line and "active modes" in line and "rho" in line for line in lines)
+    fit(model, loss, FitOptions(epochs=40, progress=False))
+    assert capsys.readouterr().err == ""
+
+
 def test_proximal_l1_gives_exact_zeros_for_unused_modes():
     model, x, loss = _quadratic_problem(ensemble=None)
     with torch.no_grad():
