@@ -1,12 +1,63 @@
-"""Shared fixtures. LSE_FULL=1 runs the slow cases at full size."""
+"""Shared fixtures and the suite's rules.
 
+- ``LSE_FULL=1`` (``make test-full``) runs the slow cases at full size; tests marked ``slow``
+  (the full-size figure runs) are skipped without it.
+- Tests marked ``fem`` need DOLFINx. Without an importable DOLFINx, modules marked so at the
+  top (``pytestmark = pytest.mark.fem``) are skipped without being imported (they import it at
+  module level) and marked tests are skipped, so the core suite runs without DOLFINx.
+"""
+
+import importlib
 import os
+import re
+from pathlib import Path
 
 import pytest
 import torch
 
 FULL = os.environ.get("LSE_FULL") == "1"
 EPS = torch.finfo(torch.float64).eps
+_FEM_MODULE = re.compile(r"^pytestmark\s*=.*pytest\.mark\.fem\b", re.MULTILINE)
+_dolfinx_problem: list[str] = []  # [] untested; [""] importable; [message] not importable
+
+
+def dolfinx_missing() -> str:
+    """Why DOLFINx cannot be imported here ("" if it can); tried once per session."""
+    if not _dolfinx_problem:
+        try:
+            importlib.import_module("lse_material.fem._dolfinx")
+            _dolfinx_problem.append("")
+        except ImportError as error:
+            _dolfinx_problem.append(f"DOLFINx not importable ({error})")
+    return _dolfinx_problem[0]
+
+
+class _SkippedModule(pytest.Module):
+    """A test module that needs DOLFINx where it cannot be imported: one skip, no import."""
+
+    def collect(self):
+        pytest.skip(dolfinx_missing(), allow_module_level=True)
+
+
+def pytest_pycollect_makemodule(module_path: Path, parent):
+    if _FEM_MODULE.search(module_path.read_text(encoding="utf-8")) and dolfinx_missing():
+        return _SkippedModule.from_parent(parent, path=module_path)
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    slow = pytest.mark.skip(reason="full-size run: set LSE_FULL=1 (make test-full)")
+    for item in items:
+        if "slow" in item.keywords and not FULL:
+            item.add_marker(slow)
+        if "fem" in item.keywords and dolfinx_missing():
+            item.add_marker(pytest.mark.skip(reason=dolfinx_missing()))
+
+
+def pytest_report_header(config):
+    problem = _dolfinx_problem[0] if _dolfinx_problem else ""
+    full = "LSE_FULL=1: full-size runs" if FULL else "CI size (LSE_FULL=1 for full size)"
+    return [full] + ([f"{problem}: FE tests skipped"] if problem else [])
 
 
 @pytest.fixture(autouse=True)

@@ -19,13 +19,13 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
-from conftest import FULL
 from lse_material.training.data.mechanochemical import INPUT_NAMES
 from safetensors.torch import save_file
 
 import lse_material
 from lse_material import LSEICNN, ModelFileError, modelfile
 from lse_material.errors import LegacyModelFileWarning
+from tests.conftest import FULL
 
 N_CASES = 600 if FULL else 120
 MAX_RSS_GROWTH_MB = 200
