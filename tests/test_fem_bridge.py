@@ -281,13 +281,26 @@ def test_serial_and_two_ranks_agree(tmp_path, mode):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_law_on_the_gpu_fills_the_same_functions():
+def test_law_on_the_gpu_fills_the_same_functions(tmp_path):
+    """A trained LSE-ICNN (a short CUDA training, read back from its model file) fills the same
+    quadrature functions on the GPU as on the CPU."""
+    import warnings
+
+    import lse_material
+    from lse_material.training.mechanochemical import train_mechanochemical
+
+    train_mechanochemical(out=tmp_path, samples=200, epochs=300, device="cuda", plots=False)
+    model = lse_material.load(tmp_path / "model.safetensors")
+    assert isinstance(model, LSEICNN) and model.card["training"]
     mesh, V, u, c = _block(n=2)
     inputs, _ = mechanochemical_inputs(u, c)
-    cpu = QuadratureLaw(mc.potential(), inputs, mesh, quadrature_degree=2)
-    gpu = QuadratureLaw(mc.potential(), inputs, mesh, quadrature_degree=2, device="cuda", chunk=5)
-    cpu.update()
-    gpu.update()
+    cpu = QuadratureLaw(model, inputs, mesh, quadrature_degree=2)
+    gpu = QuadratureLaw(model, inputs, mesh, quadrature_degree=2, device="cuda", chunk=5)
+    with warnings.catch_warnings():  # extrapolation does not matter here: CPU = GPU does
+        warnings.filterwarnings("ignore", message=".*training box")
+        cpu.update()
+        gpu.update()
     for name in ("psi0", "s", "H"):
         a, b = getattr(cpu, name).x.array, getattr(gpu, name).x.array
-        assert np.allclose(a, b, rtol=1e-12, atol=1e-12), name
+        assert np.isfinite(a).all() and np.abs(a).max() > 0, name
+        assert np.allclose(a, b, rtol=1e-10, atol=1e-10 * np.abs(a).max()), name
