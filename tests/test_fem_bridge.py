@@ -286,8 +286,9 @@ def test_law_on_the_gpu_fills_the_same_functions(tmp_path):
     quadrature functions on the GPU as on the CPU."""
     import warnings
 
-    import lse_material
     from lse_material.training.mechanochemical import train_mechanochemical
+
+    import lse_material
 
     train_mechanochemical(out=tmp_path, samples=200, epochs=300, device="cuda", plots=False)
     model = lse_material.load(tmp_path / "model.safetensors")
