@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from lse_material.modelfile import load
+from lse_material.wells import wells_table
 
 __all__ = ["model_card", "print_model_card"]
 
@@ -41,6 +42,8 @@ def model_card(model: str | Path) -> str:
     for key in ("training", "metrics"):
         if key in card:
             lines.append(f"{key:<12} {json.dumps(card[key])}")
+    if "wells" in card:  # the well table stored by training (WellAnalysis.to_json)
+        lines.append(wells_table(card["wells"]))
     lines.append("versions     " + ", ".join(f"{k} {v}" for k, v in card["versions"].items()))
     return "\n".join(lines)
 
