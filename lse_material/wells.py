@@ -59,6 +59,7 @@ __all__ = [
     "plot_wells",
     "wells_table",
     "axis_planes",
+    "order_parameter_scale",
     "analyse_wells",
 ]
 
@@ -984,10 +985,57 @@ def _data_potential(data: str, param: Sequence[str] | None):
     return mc.potential(params=params), box, params
 
 
+def order_parameter_scale(params=None) -> list[list[float]]:
+    """The ``compare_wells`` scale of the mechanochemical inputs: the order parameters
+    e1..e6 over s_e and c over s_c (SPEC §3), a ``(7, 7)`` matrix; ``params``: a
+    ``MechanochemicalParams`` (default: SPEC's values)."""
+    from lse_material.training.data import mechanochemical as mc
+
+    p = params or mc.MechanochemicalParams()
+    r3, r2, r6 = math.sqrt(3), math.sqrt(2), math.sqrt(6)
+    rows = [
+        [1 / r3, 1 / r3, 1 / r3, 0, 0, 0, 0],
+        [1 / r2, -1 / r2, 0, 0, 0, 0, 0],
+        [1 / r6, 1 / r6, -2 / r6, 0, 0, 0, 0],
+        [0, 0, 0, 0.5, 0, 0, 0],  # e4 = E23 = (2E23)/2
+        [0, 0, 0, 0, 0.5, 0, 0],
+        [0, 0, 0, 0, 0, 0.5, 0],
+    ]
+    return [[v / p.s_e for v in row] for row in rows] + [[0, 0, 0, 0, 0, 0, 1 / p.s_c]]
+
+
+def _comparison_table(cmp: WellComparison) -> str:
+    lines = [f"matched to the truth: {cmp.missing} missing, {cmp.extra} extra"]
+    for m in cmp.minima:
+        hit = (
+            "missing"
+            if m.found is None
+            else (f"-> {m.found}  distance {m.distance:.3g}  depth error {m.depth_error:+.3g}")
+        )
+        lines.append(f"  true minimum {m.truth} {hit}")
+    for b in cmp.barriers:
+        hit = "missing" if b.found is None else f"-> {b.found}  height error {b.error:.3g}"
+        lines.append(f"  true barrier {b.truth[0]}-{b.truth[1]} {hit}")
+    return "\n".join(lines)
+
+
+def _verb_potential(model: str | None, data: str | None, param):
+    """The potential of the verb, its search box and its data-model parameters (or None)."""
+    if data is not None:
+        return _data_potential(data, param)
+    from lse_material.modelfile import load
+
+    potential = load(model)
+    if not hasattr(potential, "derivatives"):
+        raise ValueError(f"{model}: a {type(potential).__name__} is not a potential.")
+    return potential, dict(potential.training_box or {}), None
+
+
 def analyse_wells(
     model: str | None = None,
     *,
     data: Literal["mechanochemical"] | None = None,
+    truth: Literal["mechanochemical"] | None = None,
     fix: list[str] | None = None,
     box: list[str] | None = None,
     param: list[str] | None = None,
@@ -997,9 +1045,10 @@ def analyse_wells(
 ) -> WellAnalysis:
     """Find the wells of a model (or of a data model): minima, saddles, barriers.
 
-    Prints the table and writes ``OUT/wells.json`` (``WellAnalysis.to_json``) and
-    ``OUT/wells.png`` (ψ on 2-D slices with the minima, saddles and paths; for the
-    mechanochemical inputs the (e2, e3) planes at the fixed c, or at c = 0 and c = s_c).
+    Prints the table and writes ``OUT/wells.json`` (``WellAnalysis.to_json``; with --truth also
+    the true wells and the match, keys "truth" and "comparison") and ``OUT/wells.png`` (ψ on
+    2-D slices with the minima, saddles and paths; for the mechanochemical inputs the (e2, e3)
+    planes at the fixed c, or at c = 0 and c = s_c).
 
     Parameters
     ----------
@@ -1007,6 +1056,10 @@ def analyse_wells(
         a model file (.safetensors); leave out with --data.
     data
         analyse this data model's analytic potential instead of a model file (the truth).
+    truth
+        also analyse this data model on the same slice and match the model's wells to it
+        (distances in order parameters over s_e and c over s_c; depths with the model's ψ
+        shifted to the truth's at E = 0, c = 0).
     fix
         an input held fixed, NAME=VALUE (e.g. c=1; repeat for several); the others are
         searched over (none: the full space).
@@ -1014,7 +1067,8 @@ def analyse_wells(
         the search range of an input, NAME=LOW:HIGH (repeat for several; default: the
         model's training box, or the data model's sampling box).
     param
-        a data-model parameter, NAME=VALUE (e.g. d_e=0.2; repeat for several; with --data).
+        a data-model parameter, NAME=VALUE (e.g. d_e=0.2; repeat for several; with --data
+        or --truth).
     out
         output folder.
     samples
@@ -1024,40 +1078,43 @@ def analyse_wells(
     """
     if (model is None) == (data is None):
         raise ValueError("give either a model file or --data NAME (not both).")
-    if param and data is None:
-        raise ValueError("--param sets data-model parameters; it needs --data.")
-    if data is not None:
-        potential, search_box, params = _data_potential(data, param)
-        s_c, half = params.s_c, 1.5 * params.s_e
-    else:
-        from lse_material.modelfile import load
-
-        potential = load(model)
-        if not hasattr(potential, "derivatives"):
-            raise ValueError(f"{model}: a {type(potential).__name__} is not a potential.")
-        search_box = dict(potential.training_box or {})
-        s_c = search_box.get("c", (0.0, 1.0))[1]
-        half = search_box.get("E11", (0.0, 0.15))[1]
-    names = tuple(potential.input_names)
+    if param and data is None and truth is None:
+        raise ValueError("--param sets data-model parameters; it needs --data or --truth.")
+    if truth is not None and data is not None:
+        raise ValueError("--truth compares a model file with a data model; drop --data.")
+    potential, search_box, params = _verb_potential(model, data, param)
     fixed = {k: _number(v, f"--fix {k}") for k, v in _pairs(fix, "fix").items()}
     for name, value in _pairs(box, "box").items():
         lo, sep, hi = value.partition(":")
         if not sep:
             raise ValueError(f"--box {name}={value}: give LOW:HIGH.")
         search_box[name] = (_number(lo, f"--box {name} low"), _number(hi, f"--box {name} high"))
-    analysis = find_wells(
-        potential, fix=fixed, box=search_box or None, samples=samples, images=images
-    )
-    planes = None
+    options = {"fix": fixed, "samples": samples, "images": images}
+    analysis = find_wells(potential, box=search_box or None, **options)
+    result = analysis.to_json()
+    if truth is not None:
+        true_potential, true_box, params = _data_potential(truth, param)
+        true_wells = find_wells(true_potential, box=true_box | search_box, **options)
+        origin = torch.zeros(1, len(analysis.input_names), dtype=torch.float64)
+        with torch.no_grad():
+            shift = float(potential.derivatives(origin, hessian=False).energy[0])
+            shift -= float(true_potential.derivatives(origin, hessian=False).energy[0])
+        cmp = compare_wells(analysis, true_wells, scale=order_parameter_scale(params), shift=shift)
+        result |= {"truth": true_wells.to_json(), "comparison": cmp.to_json() | {"shift": shift}}
     from lse_material.training.data.mechanochemical import INPUT_NAMES
 
-    if names == INPUT_NAMES:
+    planes = None
+    if analysis.input_names == INPUT_NAMES:
+        s_c = params.s_c if params else search_box.get("c", (0.0, 1.0))[1]
+        half = 1.5 * params.s_e if params else search_box.get("E11", (0.0, 0.15))[1]
         c_values = [fixed["c"]] if "c" in fixed else [0.0, s_c]
-        planes = _order_parameter_planes(names, c_values, half)
+        planes = _order_parameter_planes(analysis.input_names, c_values, half)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "wells.json", analysis.to_json())
+    write_json(out_dir / "wells.json", result)
     plot_wells(analysis, potential, out_dir / "wells.png", planes=planes)
     print(analysis.table())
+    if truth is not None:
+        print(_comparison_table(cmp))
     print(f"wrote {out_dir / 'wells.json'} and {out_dir / 'wells.png'} ({analysis.seconds:.2f} s)")
     return analysis

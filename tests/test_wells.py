@@ -108,14 +108,14 @@ def test_quartic_double_well_and_its_exact_barrier():
     assert a.minima[0].energy == pytest.approx(f(roots[0]), abs=1e-12)  # deepest first
 
 
-def bowls(centres, depths, *, rho=20.0) -> LSEICNN:
-    """An LSE-ICNN whose modes are convex bowls symmetric about known centres (2 inputs)."""
-    n = len(centres)
-    model = LSEICNN(2, n, hidden=(4, 2), input_names=["u", "v"], rho=rho)
+def bowls(centres, depths, *, rho=20.0, names=("u", "v")) -> LSEICNN:
+    """An LSE-ICNN whose modes are convex bowls symmetric about known centres."""
+    n, d = len(centres), len(names)
+    model = LSEICNN(d, n, hidden=(2 * d, 2), input_names=names, rho=rho)
     with torch.no_grad():
         m = model.modes
-        A = torch.tensor([[1.0, 0], [0, 1], [-1, 0], [0, -1]], dtype=torch.float64)
-        m.x_weights[0].copy_(3 * A.expand(n, 4, 2))
+        A = torch.cat([torch.eye(d), -torch.eye(d)]).to(torch.float64)
+        m.x_weights[0].copy_(3 * A.expand(n, 2 * d, d))
         m.x_weights[1].zero_()  # no direct input term: W_i(c + δ) = W_i(c - δ)
         m.z_weights_raw[0].fill_(0.5)  # equal weights on each ± pair keep the symmetry
         m.out_x.zero_()
@@ -209,6 +209,18 @@ def test_verb_on_the_data_model_and_on_a_model_file(tmp_path, capsys):
     c = analyse_wells(str(path), fix=["v=0"], out=str(tmp_path / "m"), samples=16)
     assert [m.mode for m in c.minima] == [1, 0] and len(c.barriers) == 1
     assert (tmp_path / "m" / "wells.png").is_file()
+    # --truth: a mechanochemical-input model with one bowl at E = 0 matches the c = 0 truth.
+    bowl = bowls([(0.0,) * 7], [0.0], names=mc.INPUT_NAMES)
+    box = {n: list(v) for n, v in mc.TRAINING_BOX.items()}
+    path = lse_material.save(bowl, tmp_path / "mc.safetensors", training_box=box)
+    analyse_wells(
+        str(path), truth="mechanochemical", fix=["c=0"], out=str(tmp_path / "t"), samples=16
+    )
+    written = json.loads((tmp_path / "t" / "wells.json").read_text())
+    assert len(written["truth"]["minima"]) == 1
+    match = written["comparison"]
+    assert match["missing"] == 0 and match["extra"] == 0
+    assert match["minima"][0]["distance"] < 1e-8 and abs(match["minima"][0]["depth_error"]) < 1e-12
 
 
 @pytest.mark.parametrize(
@@ -236,6 +248,8 @@ def test_bad_slices_raise_naming_the_input(options, message):
         ({"data": "nope"}, "unknown data model"),
         ({}, "either a model file or --data"),
         ({"model": "x.safetensors", "data": "mechanochemical"}, "not both"),
+        ({"data": "mechanochemical", "truth": "mechanochemical"}, "drop --data"),
+        ({"model": "x.safetensors", "param": ["d_e=1"]}, "needs --data or --truth"),
     ],
 )
 def test_verb_bad_input(options, message, tmp_path):
