@@ -198,9 +198,11 @@ class _Slice:
         options = {"hessian": hessian} if wrt is None else {"hessian": hessian, "wrt": wrt}
         with torch.no_grad():
             d = self.potential.derivatives(self.to_x(z), **options)
+        # The analysis runs in float64 on the CPU, whatever the model's device and dtype.
+        d = [None if t is None else t.to("cpu", torch.float64) for t in d]
         h = self.half
-        hess = None if d.hessian is None else d.hessian * h[:, None] * h[None, :]
-        return _Derivs(d.energy, d.gradient * h, hess, d.phase_weights)
+        hess = None if d[2] is None else d[2] * h[:, None] * h[None, :]
+        return _Derivs(d[0], d[1] * h, hess, d[3])
 
     def location(self, z: torch.Tensor) -> dict[str, float]:
         return dict(zip(self.names, self.to_x(z[None])[0].tolist()))
@@ -393,6 +395,11 @@ def _relax_string(
 def _check_slice(potential: Potential, fix, box) -> tuple[dict[str, float], dict]:
     """Validated ``fix`` (name -> value) and the box of the free inputs."""
     names = tuple(potential.input_names)
+    if getattr(potential, "ensemble_shape", ()):
+        raise ValueError(
+            f"find_wells takes a single model; this one is an ensemble of shape "
+            f"{tuple(potential.ensemble_shape)}: pass model.member(i)."
+        )
     fix = {} if fix is None else dict(fix)
     for name, value in fix.items():
         if name not in names:
@@ -438,13 +445,15 @@ def _mode_minima(potential: Potential, sl: _Slice, *, gtol: float, bound: float)
 
     if not isinstance(potential, LSEICNN) or potential.ensemble_shape:
         return torch.empty(0, sl.k, dtype=torch.float64)
-    modes = torch.nonzero(potential.gates() > 0).flatten()
-    scale = potential.input_scale[sl.free] / sl.half  # dz/dx_n per free input
+    modes = torch.nonzero(potential.gates() > 0).flatten().cpu()
+    scale = potential.input_scale.to("cpu", torch.float64)[sl.free] / sl.half  # dz/dx_n
 
     def evaluate(z: torch.Tensor, rows: torch.Tensor) -> _Derivs:
-        x_n = (sl.to_x(z) - potential.input_shift) / potential.input_scale
+        shift, scale_n = potential.input_shift, potential.input_scale
+        x_n = (sl.to_x(z).to(shift) - shift) / scale_n
         with torch.no_grad():
-            m = potential.modes.derivatives(x_n, modes=modes[rows])
+            m = potential.modes.derivatives(x_n, modes=modes[rows].to(shift.device))
+            m = type(m)(*(t.to("cpu", torch.float64) for t in m))
         n = torch.arange(rows.numel())
         g = m.gradient[n, n][:, sl.free] / scale
         h = m.hessian[n, n][:, sl.free][:, :, sl.free] / scale[:, None] / scale[None, :]

@@ -260,3 +260,9 @@ def test_verb_bad_input(options, message, tmp_path):
 def test_potential_without_box_needs_one():
     with pytest.raises(ValueError, match="give box"):
         find_wells(quartic_potential())
+
+
+def test_ensembles_are_refused_with_the_fix():
+    model = LSEICNN(2, 2, ensemble=3, input_names=["u", "v"])
+    with pytest.raises(ValueError, match=r"member\(i\)"):
+        find_wells(model, box={"u": (-1, 1), "v": (-1, 1)})
