@@ -1,0 +1,280 @@
+"""The training engine (``lse-material train data``): config, data checks, resume, the example."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from lse_material.training.datafile import DataConfig, DataError, load_data, split_rows
+from lse_material.training.engine import (
+    ConfigError,
+    config_from_dict,
+    load_config,
+    train,
+    train_data,
+)
+
+import lse_material
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "double_well_2d"
+README = ROOT / "README.md"
+TINY = {  # a fast run: 2 seeds, 3 modes [ours, CI size]
+    "model": {"max_modes": 3, "hidden": [6, 6]},
+    "fit": {"epochs": 60, "finetune_epochs": 10, "seeds": 2, "device": "cpu"},
+    "output": {"plots": False, "log_every": 10, "checkpoint_every": 20},
+}
+
+
+def write_csv(path: Path, header: list[str], rows) -> Path:
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def double_well_rows(n: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    x, y = rng.uniform(-1.5, 1.5, n), rng.uniform(-1, 1, n)
+    psi = (x**2 - 1) ** 2 + 0.5 * y**2 + 0.1 * x
+    gx, gy = 4 * x * (x**2 - 1) + 0.1, y
+    weight = rng.uniform(0.5, 1.5, n)
+    group = [f"g{i % 6}" for i in range(n)]
+    return [list(r) for r in zip(x, y, psi, gx, gy, weight, group)]
+
+
+HEADER = ["x", "y", "psi", "dpsi_dx", "dpsi_dy", "w", "path"]
+
+
+def tiny_config(file: Path, **data) -> dict:
+    base = {
+        "file": str(file),
+        "inputs": ["x", "y"],
+        "energy": "psi",
+        "gradients": {"x": "dpsi_dx", "y": "dpsi_dy"},
+    }
+    return {"data": {**base, **data}, **TINY}
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def test_unknown_keys_raise_naming_the_key_and_the_valid_ones(tmp_path):
+    config = tiny_config(tmp_path / "d.csv")
+    config["fit"] = {**config["fit"], "epoch": 5}
+    with pytest.raises(ConfigError, match=r"fit\.epoch.*valid keys.*'epochs'"):
+        config_from_dict(config)
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['optimiser'\]"):
+        config_from_dict({**tiny_config(tmp_path / "d.csv"), "optimiser": {}})
+    with pytest.raises(ConfigError, match=r"fit\.epochs must be of type int; got '5'"):
+        config_from_dict({**tiny_config(tmp_path / "d.csv"), "fit": {"epochs": "5"}})
+
+
+def test_toml_and_overrides(tmp_path):
+    (tmp_path / "run.toml").write_text(
+        '[data]\nfile = "d.csv"\ninputs = ["x", "y"]\nenergy = "psi"\n[fit]\nepochs = 10\n'
+    )
+    config = load_config(
+        tmp_path / "run.toml",
+        ["fit.epochs=2000", "model.hidden=[4, 4]", "fit.device=cpu", "data.gradients={x='g'}"],
+    )
+    assert config.fit.epochs == 2000 and config.model.hidden == (4, 4)
+    assert config.fit.device == "cpu" and config.data.gradients == {"x": "g"}
+    assert Path(config.data.file) == (tmp_path / "d.csv").resolve()  # relative to the config
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        load_config(tmp_path / "run.toml", ["fit.epochs"])
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['fit.epoch'\]"):
+        load_config(tmp_path / "run.toml", ["fit.epoch=3"])
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def bad_case(tmp_path: Path, case: str):
+    """(config dict, expected message) of one bad-input case."""
+    rows = double_well_rows(40)
+    file = tmp_path / "d.csv"
+    data: dict = {}
+    header = list(HEADER)
+    if case == "missing column":
+        data = {"energy": "energy"}
+        message = r"no column\(s\) \['energy'\]; the file has \['x', 'y', 'psi'"
+    elif case == "duplicate column":
+        header[5] = "x"
+        message = r"duplicate column name\(s\) \['x'\]"
+    elif case == "non-numeric cell":
+        rows[3][1] = "abc"
+        message = r"line 5, column 'y': 'abc' is not a number"
+    elif case == "non-finite rows":
+        rows[2][2], rows[7][3] = "nan", "inf"
+        message = r"2 row\(s\) with NaN/inf: line 4 \(psi\); line 9 \(dpsi_dx\)"
+    elif case == "too few rows":
+        rows = rows[:4]
+        message = r"4 rows are too few for validation = 0.2"
+    elif case == "unknown gradient input":
+        data = {"gradients": {"z": "dpsi_dy"}}
+        message = r"names input\(s\) \['z'\] \(columns \['dpsi_dy'\]\), which are not among"
+    elif case == "constant input":
+        for r in rows:
+            r[1] = 0.5
+        message = r"input column 'y' is constant \(0.5\)"
+    elif case == "single group":
+        for r in rows:
+            r[6] = "only"
+        data = {"group": "path"}
+        message = r"the group column 'path' has a single group \('only'"
+    write_csv(file, header, rows)
+    return tiny_config(file, **data), message
+
+
+CASES = [
+    "missing column",
+    "duplicate column",
+    "non-numeric cell",
+    "non-finite rows",
+    "too few rows",
+    "unknown gradient input",
+    "constant input",
+    "single group",
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_one_clear_error_nothing_written(tmp_path, case):
+    config, message = bad_case(tmp_path, case)
+    out = tmp_path / "run"
+    with pytest.raises(DataError, match=message):
+        train(config_from_dict(config), out=out)
+    assert not out.exists()
+
+
+def test_nonfinite_rows_dropped_on_request_and_reported(tmp_path):
+    config, _ = bad_case(tmp_path, "non-finite rows")
+    config["data"]["drop_nonfinite"] = True
+    data = load_data(config_from_dict(config).data)
+    assert data.dropped == 2 and len(data.x) == 38
+    assert 4 not in data.rows and 9 not in data.rows  # file lines of the dropped rows
+
+
+def test_group_split_holds_out_whole_groups(tmp_path):
+    file = write_csv(tmp_path / "d.csv", HEADER, double_well_rows(60))
+    config = DataConfig(str(file), ("x", "y"), energy="psi", group="path", validation=0.34)
+    data = load_data(config)
+    split = split_rows(data, config)
+    train_groups = set(data.groups[split.train.numpy()])
+    val_groups = set(data.groups[split.validation.numpy()])
+    assert len(val_groups) == 2 and not train_groups & val_groups
+    assert len(split.train) + len(split.validation) == 60
+
+
+def test_output_folder_with_another_run_is_refused(tmp_path):
+    file = write_csv(tmp_path / "d.csv", HEADER, double_well_rows(40))
+    config = config_from_dict(tiny_config(file))
+    out = tmp_path / "run"
+    first = train(config, out=out)
+    assert (out / "model.safetensors").is_file() and (out / "summary.json").is_file()
+    stamp = (out / "model.safetensors").stat().st_mtime_ns
+    with pytest.raises(ValueError, match=r"holds another run .*--overwrite"):
+        train(config, out=out)
+    assert (out / "model.safetensors").stat().st_mtime_ns == stamp  # untouched
+    second = train(config, out=out, overwrite=True)
+    assert second.summary["best_seed"] == first.summary["best_seed"]
+    card = lse_material.load(out / "model.safetensors").card
+    assert card["training_box"]["x"][0] == pytest.approx(min(r[0] for r in double_well_rows(40)))
+    assert card["input_units"] == ["1", "1"] and card["training"]["data_sha256"]
+    assert card["training"]["config"] == json.loads(json.dumps(asdict(config)))
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+RESUME = {  # gradients only (Sobolev), sample weights, group split, elimination
+    "fit": {"epochs": 200, "finetune_epochs": 10, "seeds": 2, "device": "cpu", "threads": 1},
+    "output": {"plots": False, "log_every": 10, "checkpoint_every": 10},
+    "model": {"max_modes": 3, "hidden": [6, 6]},
+}
+
+
+def resume_toml(tmp_path: Path) -> Path:
+    write_csv(tmp_path / "d.csv", HEADER, double_well_rows(60))
+    lines = [
+        "[data]",
+        'file = "d.csv"',
+        'inputs = ["x", "y"]',
+        'gradients = { x = "dpsi_dx", y = "dpsi_dy" }',
+        'weight = "w"',
+        'group = "path"',
+    ]
+    for table, values in RESUME.items():
+        lines.append(f"[{table}]")
+        for key, value in values.items():
+            text = str(value).lower() if isinstance(value, bool) else repr(value)
+            lines.append(f"{key} = {text.replace(chr(39), chr(34))}")
+    path = tmp_path / "run.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("reference")
+    threads = torch.get_num_threads()
+    try:
+        return train_data(config=resume_toml(tmp), out=tmp / "run")
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path, sig, uninterrupted):
+    config = resume_toml(tmp_path)
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "lse_material.cli", "train", "data"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        [*command, "--config", str(config), "--out", str(out)],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoint.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(sig)
+    _, stderr = process.communicate(timeout=120)
+    if sig == signal.SIGTERM:  # a checkpoint on the signal, one line, exit 130
+        assert process.returncode == 130, stderr
+        assert re.search(r"interrupted at epoch \d+; checkpoint .* Continue with --resume", stderr)
+    else:
+        assert process.returncode == -signal.SIGKILL
+    assert (out / "checkpoint.pt").is_file() and not (out / "model.safetensors").exists()
+    threads = torch.get_num_threads()
+    try:
+        resumed = train_data(config=config, out=out, resume=True)
+    finally:
+        torch.set_num_threads(threads)
+    reference = uninterrupted.model.state_dict()
+    for key, value in resumed.model.state_dict().items():
+        assert float((value - reference[key]).abs().max()) <= 1e-12, key
+    assert (
+        resumed.summary["seeds"]["active_modes"] == uninterrupted.summary["seeds"]["active_modes"]
+    )
+
+
+def test_resume_refuses_a_changed_config(tmp_path, uninterrupted):
+    config = resume_toml(tmp_path)
+    train_data(config=config, out=tmp_path / "run", set=["fit.epochs=20", "fit.elimination=false"])
+    with pytest.raises(ValueError, match=r"differs in \['config.fit.epochs'\]"):
+        train_data(config=config, out=tmp_path / "run", resume=True, set=["fit.elimination=false"])
