@@ -1028,6 +1028,19 @@ def _comparison_table(cmp: WellComparison) -> str:
     return "\n".join(lines)
 
 
+def _verb_planes(analysis: WellAnalysis, params, box: dict) -> list[Plane] | None:
+    """The verb's figure slices: the (e2, e3) planes for the mechanochemical inputs (at the
+    fixed c, else at c = 0 and c = s_c), else None (``axis_planes``)."""
+    from lse_material.training.data.mechanochemical import INPUT_NAMES
+
+    if analysis.input_names != INPUT_NAMES:
+        return None
+    s_c = params.s_c if params else box.get("c", (0.0, 1.0))[1]
+    half = 1.5 * params.s_e if params else box.get("E11", (0.0, 0.15))[1]
+    c_values = [analysis.fixed["c"]] if "c" in analysis.fixed else [0.0, s_c]
+    return _order_parameter_planes(analysis.input_names, c_values, half)
+
+
 def _verb_potential(model: str | None, data: str | None, param):
     """The potential of the verb, its search box and its data-model parameters (or None)."""
     if data is not None:
@@ -1110,14 +1123,7 @@ def analyse_wells(
             shift -= float(true_potential.derivatives(origin, hessian=False).energy[0])
         cmp = compare_wells(analysis, true_wells, scale=order_parameter_scale(params), shift=shift)
         result |= {"truth": true_wells.to_json(), "comparison": cmp.to_json() | {"shift": shift}}
-    from lse_material.training.data.mechanochemical import INPUT_NAMES
-
-    planes = None
-    if analysis.input_names == INPUT_NAMES:
-        s_c = params.s_c if params else search_box.get("c", (0.0, 1.0))[1]
-        half = 1.5 * params.s_e if params else search_box.get("E11", (0.0, 0.15))[1]
-        c_values = [fixed["c"]] if "c" in fixed else [0.0, s_c]
-        planes = _order_parameter_planes(analysis.input_names, c_values, half)
+    planes = _verb_planes(analysis, params, search_box)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "wells.json", result)
