@@ -15,23 +15,22 @@ one batched pass (the members share no parameters and Adam is per coordinate).
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import NamedTuple
 
 import torch
 from tqdm import tqdm
 
+from lse_material.atomic import atomic_write, write_json
 from lse_material.lse import LSEICNN, gate
 
 __all__ = [
     "EliminationResult",
-    "FitCallback",
     "FitOptions",
     "FitResult",
     "fit",
@@ -98,16 +97,6 @@ class FitOptions:
         return self.l1 * min(1.0, (epoch - start + 1) / width)
 
 
-class FitCallback(Protocol):
-    """Called before each epoch of ``fit``; True stops the fit. Its state goes into checkpoints."""
-
-    def __call__(self, epoch: int) -> bool: ...
-
-    def state_dict(self) -> dict: ...
-
-    def load_state_dict(self, state: dict) -> None: ...
-
-
 @dataclass
 class FitResult:
     """History: lists recorded every ``log_every`` epochs. Per-member values are lists."""
@@ -120,10 +109,8 @@ class FitResult:
     seconds: float = 0.0
 
     def save(self, path) -> None:
-        path = Path(path)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(asdict(self)))
-        tmp.replace(path)
+        """Write the history as JSON to ``path`` atomically."""
+        write_json(path, asdict(self))
 
 
 def _parameter_groups(model: torch.nn.Module, lse: LSEICNN, options: FitOptions):
@@ -160,7 +147,6 @@ def fit(
     lse: LSEICNN | None = None,
     checkpoint: str | Path | None = None,
     description: str = "fit",
-    callback: FitCallback | None = None,
 ) -> FitResult:
     """Minimise ``loss_fn() + λ Σ|w|`` over ``model``'s parameters.
 
@@ -169,9 +155,6 @@ def fit(
         loss_fn: returns the data loss per ensemble member, shape ``lse.ensemble_shape``.
         lse: the LSEICNN inside ``model`` whose gates get the L1 term (default: ``model``).
         checkpoint: a file to resume from and save to every ``options.checkpoint_every``.
-        callback: called as ``callback(epoch)`` before each epoch (``epoch`` steps done); when
-            it returns True the fit stops there (saving the checkpoint). Its ``state_dict()``
-            is saved with the checkpoint and restored on resume.
     Returns the FitResult history (the model is trained in place).
     """
     lse = model if lse is None else lse
@@ -185,18 +168,11 @@ def fit(
         optimizer.load_state_dict(state["optimizer"])
         result = FitResult(**state["history"])
         start = int(state["epoch"])
-        if callback is not None:
-            callback.load_state_dict(state["callback"])
     t0 = time.perf_counter() - result.seconds
     show = options.progress and sys.stderr.isatty()
     report_every = options.report_every or max(options.epochs // 10, 1)
     bar = tqdm(range(start, options.epochs), desc=description, disable=not show, mininterval=1.0)
     for epoch in bar:
-        if callback is not None and callback(epoch):
-            if checkpoint is not None:
-                result.seconds = time.perf_counter() - t0
-                _save_checkpoint(checkpoint, model, optimizer, epoch, result, callback)
-            break
         optimizer.zero_grad(set_to_none=True)
         data_loss = loss_fn()
         data_loss.sum().backward()
@@ -231,7 +207,7 @@ def fit(
             and ((epoch + 1) % options.checkpoint_every == 0 or last)
         ):
             result.seconds = time.perf_counter() - t0
-            _save_checkpoint(checkpoint, model, optimizer, epoch + 1, result, callback)
+            _save_checkpoint(checkpoint, model, optimizer, epoch + 1, result)
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -254,20 +230,17 @@ def _report_line(
     )
 
 
-def _save_checkpoint(path, model, optimizer, epoch: int, result: FitResult, callback) -> None:
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(
-        {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "epoch": epoch,
-            "history": asdict(result),
-            "callback": None if callback is None else callback.state_dict(),
-        },
-        tmp,
-    )
-    tmp.replace(path)
+def _save_checkpoint(path, model, optimizer, epoch: int, result: FitResult) -> None:
+    with atomic_write(path) as f:
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "epoch": epoch,
+                "history": asdict(result),
+            },
+            f,
+        )
 
 
 def mean_squared(residual: torch.Tensor, dims: int) -> torch.Tensor:
