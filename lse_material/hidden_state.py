@@ -1,16 +1,8 @@
-"""A potential with a hidden state and its neural ODE, and material points that commit/revert.
+"""A potential with a hidden state and its neural ODE: the metamaterial model (docs/science.md §5).
 
 SPEC §5: ``ψ = W(I(ε), h)`` — an LSE-ICNN (2 modes, 2 × 19) of 3 strain invariants and 6
 hidden-state components — with ``ḣ = N(invariants of ε, ε̇, h)`` (an MLP, 2 × 15, 6 outputs),
 ``h(0) = 0``, and ``σ = ∂ψ/∂ε`` at the current ``h``. The model is trained on stress only.
-
-Conventions (the law's inputs and outputs, Voigt with engineering shears, named once)::
-
-    strain  ε = [ε11, ε22, ε33, 2ε23, 2ε13, 2ε12]      (P, 6)
-    stress  σ = [σ11, σ22, σ33, σ23, σ13, σ12]          (P, 6)
-    tangent C = dσ/dε in these orders                   (P, 6, 6)
-
-so that ``σ·δε`` is the virtual work density and ``σ = ∂ψ/∂ε`` componentwise.
 
 **Strain invariants [ours].** The data model's transformation strain is along e1, so the law
 is transversely isotropic about ``M = e1⊗e1``. ψ sees
@@ -44,17 +36,15 @@ end-of-step strain (semi-explicit Euler):
 algorithmic tangent is ``dσ/dε = ψ_εε + ψ_εh · ∂h_{n+1}/∂ε_{n+1}`` (not symmetric in general);
 ``HiddenStateMaterial.step`` returns it (autograd through the closed-form stress).
 
-**Material points.** ``MaterialPoints(law, n)`` keeps the committed strain and state of ``n``
-points and follows MGIS: ``trial(strain, dt=...)`` evaluates the end-of-step state and never
-changes the committed one; ``commit()`` after a converged step, ``revert()`` after a failed
-one. Any law with ``n_state``, ``initial_state(n)`` and ``step(...) -> StepResult`` works
-(the data model's return mapping is one: ``lse_material.training.metamaterial.ReferenceLaw``).
+The Voigt conventions and invariants live in ``lse_material.voigt``, the internal-state law
+protocol and the material points in ``lse_material.material_points``; both are re-exported
+here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -62,7 +52,19 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from lse_material.lse import LSEICNN
+from lse_material.material_points import InternalStateLaw, MaterialPoints, StepResult
 from lse_material.potential import as_float64_tensor
+from lse_material.voigt import (
+    INVARIANT_NAMES,
+    ODE_INPUT_NAMES,
+    STRAIN_NAMES,
+    STRESS_NAMES,
+    invariant_gradients,
+    ode_invariants,
+    strain_invariants,
+    tensor_to_voigt,
+    voigt_to_tensor,
+)
 
 __all__ = [
     "STRAIN_NAMES",
@@ -80,132 +82,7 @@ __all__ = [
     "voigt_to_tensor",
 ]
 
-STRAIN_NAMES = ("eps11", "eps22", "eps33", "2eps23", "2eps13", "2eps12")
-STRESS_NAMES = ("sigma11", "sigma22", "sigma33", "sigma23", "sigma13", "sigma12")
-INVARIANT_NAMES = ("I1", "I2", "I3")
-ODE_INPUT_NAMES = ("I1", "I2", "I3", "I4", "J1", "J2", "J3", "K1", "K2")
 _MONOTONE_INPUT = 1  # I2: the ICNN is non-decreasing in it (module docstring)
-
-
-# --------------------------------------------------------------------------- kinematics
-def tensor_to_voigt(t: torch.Tensor, *, engineering: bool = True) -> torch.Tensor:
-    """Symmetric ``(..., 3, 3)`` -> Voigt ``(..., 6)`` in the order 11, 22, 33, 23, 13, 12.
-
-    ``engineering=True`` doubles the shears (strains); False keeps them (stresses).
-    """
-    f = 2.0 if engineering else 1.0
-    return torch.stack(
-        [
-            t[..., 0, 0],
-            t[..., 1, 1],
-            t[..., 2, 2],
-            f * t[..., 1, 2],
-            f * t[..., 0, 2],
-            f * t[..., 0, 1],
-        ],
-        dim=-1,
-    )
-
-
-def voigt_to_tensor(v: torch.Tensor, *, engineering: bool = True) -> torch.Tensor:
-    """Voigt ``(..., 6)`` -> symmetric ``(..., 3, 3)`` (inverse of ``tensor_to_voigt``)."""
-    f = 0.5 if engineering else 1.0
-    a, b, c = v[..., 0], v[..., 1], v[..., 2]
-    d, e, g = f * v[..., 3], f * v[..., 4], f * v[..., 5]
-    return torch.stack(
-        [torch.stack([a, g, e], -1), torch.stack([g, b, d], -1), torch.stack([e, d, c], -1)], -2
-    )
-
-
-def _dev_voigt(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Trace and deviatoric normal components of a Voigt strain: ``tr (...,)``, ``dev (..., 3)``."""
-    tr = v[..., :3].sum(-1)
-    return tr, v[..., :3] - tr.unsqueeze(-1) / 3
-
-
-def strain_invariants(strain: torch.Tensor) -> torch.Tensor:
-    """``(I1, I2, I3) = (tr ε, |dev ε|², ε11)`` of Voigt strains ``(..., 6)`` -> ``(..., 3)``."""
-    tr, dev = _dev_voigt(strain)
-    i2 = dev.pow(2).sum(-1) + 0.5 * strain[..., 3:].pow(2).sum(-1)
-    return torch.stack([tr, i2, strain[..., 0]], dim=-1)
-
-
-def _invariant_gradients(strain: torch.Tensor) -> torch.Tensor:
-    """``dI_k/dε`` in Voigt (engineering shears): ``(..., 3, 6)``; then ``σ = Σ_k W_k dI_k/dε``."""
-    _, dev = _dev_voigt(strain)
-    one = torch.ones_like(strain[..., :1])
-    zero = torch.zeros_like(strain[..., :1])
-    d1 = torch.cat([one, one, one, zero, zero, zero], -1)
-    d2 = torch.cat([2 * dev, strain[..., 3:]], -1)
-    d3 = torch.cat([one, zero, zero, zero, zero, zero], -1)
-    return torch.stack([d1, d2, d3], dim=-2)
-
-
-def ode_invariants(strain: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
-    """The 9 ODE inputs (``ODE_INPUT_NAMES``) of Voigt ``strain`` and ``rate`` ``(..., 6)`` -> ``(..., 9)``.
-
-    ``I4 = |ε e1|²``, ``K1 = dev ε : dev ε̇``, ``K2 = (ε e1)·(ε̇ e1)`` (module docstring).
-    """
-    inv = strain_invariants(strain)
-    rinv = strain_invariants(rate)
-    _, dev = _dev_voigt(strain)
-    _, rdev = _dev_voigt(rate)
-    # Tensor shear components are half the engineering ones.
-    k1 = (dev * rdev).sum(-1) + 0.5 * (strain[..., 3:] * rate[..., 3:]).sum(-1)
-    e1 = torch.stack([strain[..., 0], 0.5 * strain[..., 5], 0.5 * strain[..., 4]], -1)  # ε e1
-    r1 = torch.stack([rate[..., 0], 0.5 * rate[..., 5], 0.5 * rate[..., 4]], -1)
-    return torch.cat(
-        [
-            inv,
-            e1.pow(2).sum(-1, keepdim=True),
-            rinv,
-            k1.unsqueeze(-1),
-            (e1 * r1).sum(-1, keepdim=True),
-        ],
-        dim=-1,
-    )
-
-
-# --------------------------------------------------------------------------- law interface
-class StepResult(NamedTuple):
-    """End-of-step (trial) values at ``P`` points.
-
-    stress ``(P, 6)``; tangent ``dσ/dε (P, 6, 6)`` (algorithmic, or None when not requested);
-    state ``(P, n_state)`` (the trial internal state); indicator ``(P,)`` a phase indicator,
-    0 in phase A and 1 in phase B (ξ for the data model; the transformation-strain indicator
-    for the trained model, see ``HiddenStateMaterial``); phase_weights ``(P, n_modes)`` (which
-    well of the LSE-ICNN) or None.
-    """
-
-    stress: torch.Tensor
-    tangent: torch.Tensor | None
-    state: torch.Tensor
-    indicator: torch.Tensor
-    phase_weights: torch.Tensor | None = None
-
-
-@runtime_checkable
-class InternalStateLaw(Protocol):
-    """A strain-driven law with internal state (Voigt conventions of the module docstring)."""
-
-    input_names: tuple[str, ...]
-    n_state: int
-
-    def initial_state(self, n_points: int) -> torch.Tensor:
-        """The state at ``t = 0``, ``(n_points, n_state)``."""
-        ...
-
-    def step(
-        self,
-        strain_old: torch.Tensor,
-        state_old: torch.Tensor,
-        strain_new: torch.Tensor,
-        *,
-        dt: float,
-        tangent: bool = True,
-    ) -> StepResult:
-        """One time step from ``(ε_n, state_n)`` to ``ε_{n+1}``; must not modify its arguments."""
-        ...
 
 
 class RolloutResult(NamedTuple):
@@ -218,7 +95,6 @@ class RolloutResult(NamedTuple):
     phase_weights: torch.Tensor | None = None
 
 
-# --------------------------------------------------------------------------- the model
 class _NonNegativeColumn(nn.Module):
     """Parametrisation: column ``col`` (last axis) of a weight is ``softplus`` of its raw value."""
 
@@ -388,7 +264,7 @@ class HiddenStateMaterial(nn.Module):
                 x.requires_grad_(True)
             psi = self.potential(x)
             (grad,) = torch.autograd.grad(psi.sum(), x, create_graph=True)
-        sigma = torch.einsum("pk,pkj->pj", grad[:, :3], _invariant_gradients(strain))
+        sigma = torch.einsum("pk,pkj->pj", grad[:, :3], invariant_gradients(strain))
         p = self.potential.phase_weights(x.detach()) if weights else None
         return sigma, p
 
@@ -509,53 +385,3 @@ class HiddenStateMaterial(nn.Module):
             tuple(int(h) for h in arch["ode_hidden"]),
             dtype=getattr(torch, arch.get("dtype", "float64")),
         )
-
-
-# --------------------------------------------------------------------------- material points
-class MaterialPoints:
-    """Committed and trial strain/state of ``n_points`` points of a law (MGIS semantics).
-
-    ``trial(strain, dt=...)`` computes the end-of-step values from the committed ones and keeps
-    them as the trial; the committed tensors are never written by it. ``commit()`` makes the
-    last trial the committed state (after a converged step); ``revert()`` drops it (after a
-    failed step): the committed state is then bit-for-bit what it was.
-
-    Attributes: ``strain`` ``(n, 6)`` and ``state`` ``(n, n_state)`` (committed, read-only by
-    convention), ``last`` the last trial StepResult (or None).
-    """
-
-    def __init__(self, law: InternalStateLaw, n_points: int, *, device="cpu"):
-        if n_points < 0:
-            raise ValueError(f"n_points must be >= 0, got {n_points}.")
-        self.law, self.n_points = law, int(n_points)
-        self.strain = torch.zeros(self.n_points, 6, dtype=torch.float64, device=device)
-        self.state = law.initial_state(self.n_points).to(device=device, dtype=torch.float64)
-        self.last: StepResult | None = None
-        self._trial_strain: torch.Tensor | None = None
-        self.commits = 0
-
-    def trial(self, strain, *, dt: float, tangent: bool = True) -> StepResult:
-        """End-of-step values at ``strain (n, 6)`` over ``dt``; does not commit."""
-        eps = as_float64_tensor(strain, 6, name="strain", device=self.strain.device)
-        if eps.shape[0] != self.n_points:
-            raise ValueError(
-                f"strain has {eps.shape[0]} points, these material points {self.n_points}."
-            )
-        result = self.law.step(self.strain, self.state, eps, dt=dt, tangent=tangent)
-        self._trial_strain = eps.detach().clone()
-        self.last = result
-        return result
-
-    def commit(self) -> None:
-        """Accept the last trial (call after a converged step)."""
-        if self._trial_strain is None or self.last is None:
-            raise ValueError("commit() needs a trial() since the last commit/revert.")
-        self.strain = self._trial_strain
-        self.state = self.last.state.detach().clone()
-        self._trial_strain = None
-        self.commits += 1
-
-    def revert(self) -> None:
-        """Drop the trial (call after a failed step); the committed state is untouched."""
-        self._trial_strain = None
-        self.last = None

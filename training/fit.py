@@ -15,26 +15,28 @@ one batched pass (the members share no parameters and Adam is per coordinate).
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import torch
 from tqdm import tqdm
 
-from lse_material.atomic import atomic_write, write_json
 from lse_material.lse import LSEICNN, gate
 
 __all__ = [
     "EliminationResult",
+    "FitCallback",
     "FitOptions",
     "FitResult",
     "fit",
     "fold_gates",
+    "prepare_output",
     "prune_by_elimination",
     "resolve_device",
 ]
@@ -51,6 +53,18 @@ def resolve_device(device: str) -> torch.device:
     if device != "cpu" and not device.startswith("cuda"):
         raise ValueError(f"device must be auto, cpu or cuda[:N]; got {device!r}.")
     return torch.device(device)
+
+
+def prepare_output(out: str | Path, *, threads: int = 0) -> Path:
+    """Set torch's CPU threads (``threads``; 0 leaves them as they are) and create the folder
+    ``out``; returns it as a Path. The common start of every training study."""
+    if threads < 0:
+        raise ValueError(f"threads must be >= 0 (0: torch's default), got {threads}.")
+    if threads:
+        torch.set_num_threads(threads)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
 
 
 @dataclass(frozen=True)
@@ -97,6 +111,16 @@ class FitOptions:
         return self.l1 * min(1.0, (epoch - start + 1) / width)
 
 
+class FitCallback(Protocol):
+    """Called before each epoch of ``fit``; True stops the fit. Its state goes into checkpoints."""
+
+    def __call__(self, epoch: int) -> bool: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
 @dataclass
 class FitResult:
     """History: lists recorded every ``log_every`` epochs. Per-member values are lists."""
@@ -109,8 +133,10 @@ class FitResult:
     seconds: float = 0.0
 
     def save(self, path) -> None:
-        """Write the history as JSON to ``path`` atomically."""
-        write_json(path, asdict(self))
+        path = Path(path)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(asdict(self)))
+        tmp.replace(path)
 
 
 def _parameter_groups(model: torch.nn.Module, lse: LSEICNN, options: FitOptions):
@@ -147,6 +173,7 @@ def fit(
     lse: LSEICNN | None = None,
     checkpoint: str | Path | None = None,
     description: str = "fit",
+    callback: FitCallback | None = None,
 ) -> FitResult:
     """Minimise ``loss_fn() + λ Σ|w|`` over ``model``'s parameters.
 
@@ -155,6 +182,9 @@ def fit(
         loss_fn: returns the data loss per ensemble member, shape ``lse.ensemble_shape``.
         lse: the LSEICNN inside ``model`` whose gates get the L1 term (default: ``model``).
         checkpoint: a file to resume from and save to every ``options.checkpoint_every``.
+        callback: called as ``callback(epoch)`` before each epoch (``epoch`` steps done); when
+            it returns True the fit stops there (saving the checkpoint). Its ``state_dict()``
+            is saved with the checkpoint and restored on resume.
     Returns the FitResult history (the model is trained in place).
     """
     lse = model if lse is None else lse
@@ -168,11 +198,18 @@ def fit(
         optimizer.load_state_dict(state["optimizer"])
         result = FitResult(**state["history"])
         start = int(state["epoch"])
+        if callback is not None:
+            callback.load_state_dict(state["callback"])
     t0 = time.perf_counter() - result.seconds
     show = options.progress and sys.stderr.isatty()
     report_every = options.report_every or max(options.epochs // 10, 1)
     bar = tqdm(range(start, options.epochs), desc=description, disable=not show, mininterval=1.0)
     for epoch in bar:
+        if callback is not None and callback(epoch):
+            if checkpoint is not None:
+                result.seconds = time.perf_counter() - t0
+                _save_checkpoint(checkpoint, model, optimizer, epoch, result, callback)
+            break
         optimizer.zero_grad(set_to_none=True)
         data_loss = loss_fn()
         data_loss.sum().backward()
@@ -207,7 +244,7 @@ def fit(
             and ((epoch + 1) % options.checkpoint_every == 0 or last)
         ):
             result.seconds = time.perf_counter() - t0
-            _save_checkpoint(checkpoint, model, optimizer, epoch + 1, result)
+            _save_checkpoint(checkpoint, model, optimizer, epoch + 1, result, callback)
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -230,17 +267,20 @@ def _report_line(
     )
 
 
-def _save_checkpoint(path, model, optimizer, epoch: int, result: FitResult) -> None:
-    with atomic_write(path) as f:
-        torch.save(
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "epoch": epoch,
-                "history": asdict(result),
-            },
-            f,
-        )
+def _save_checkpoint(path, model, optimizer, epoch: int, result: FitResult, callback) -> None:
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "epoch": epoch,
+            "history": asdict(result),
+            "callback": None if callback is None else callback.state_dict(),
+        },
+        tmp,
+    )
+    tmp.replace(path)
 
 
 def mean_squared(residual: torch.Tensor, dims: int) -> torch.Tensor:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -42,6 +43,7 @@ from lse_material.training.fit import (
     FitOptions,
     fit,
     fold_gates,
+    prepare_output,
     prune_by_elimination,
     resolve_device,
 )
@@ -49,6 +51,7 @@ from lse_material.training.fit import (
 import lse_material
 from lse_material.atomic import write_json
 from lse_material.lse import LSEICNN
+from lse_material.plotting import save_figure, subplots
 
 __all__ = [
     "PotentialFit",
@@ -71,6 +74,26 @@ class PotentialFit(NamedTuple):
     loss_before_elimination: torch.Tensor
     loss: torch.Tensor
     elimination: EliminationResult
+
+
+def _velocity_loss(model: LSEICNN, points, velocities, speed) -> Callable[[], torch.Tensor]:
+    """The mean relative squared velocity error per member, ``(M,)``, of ``-∇V_θ`` at ``points``.
+
+    Per-point relative error: slow points near the wells weigh as much as fast transients, so
+    the direction of the flow must be right everywhere (ε = 5 % of ``speed`` keeps fixed points
+    finite).
+    """
+    weight = 1.0 / (velocities.pow(2).sum(-1) + (0.05 * speed) ** 2)  # (M, n)
+
+    def loss():
+        # Double backward through autograd: faster to train than the closed-form path here.
+        train = torch.is_grad_enabled()
+        with torch.enable_grad():  # the gradient is needed also under no_grad (evaluation)
+            x = points.detach().requires_grad_(True)
+            (gradient,) = torch.autograd.grad(model(x).sum(), x, create_graph=train)
+        return ((gradient + velocities).pow(2).sum(-1) * weight).mean(-1)
+
+    return loss
 
 
 def fit_potentials(
@@ -117,18 +140,7 @@ def fit_potentials(
     speed = velocities.pow(2).sum(-1).mean().sqrt()
     model.set_normalization(input_shift=0.75, input_scale=0.75, energy_scale=float(0.75 * speed))
     model.spread_modes(points)
-    # Per-point relative error: slow points near the wells weigh as much as fast transients,
-    # so the direction of the flow must be right everywhere (ε keeps fixed points finite).
-    weight = 1.0 / (velocities.pow(2).sum(-1) + (0.05 * speed) ** 2)  # (M, n)
-
-    def loss():  # mean relative squared velocity error per member, (M,)
-        # Double backward through autograd: faster to train than the closed-form path here.
-        train = torch.is_grad_enabled()
-        with torch.enable_grad():  # the gradient is needed also under no_grad (evaluation)
-            x = points.detach().requires_grad_(True)
-            (gradient,) = torch.autograd.grad(model(x).sum(), x, create_graph=train)
-        return ((gradient + velocities).pow(2).sum(-1) * weight).mean(-1)
-
+    loss = _velocity_loss(model, points, velocities, speed)
     fit(
         model,
         loss,
@@ -278,12 +290,7 @@ def train_gene_circuit(
         raise ValueError(f"need at least 5 trajectories, got {trajectories}.")
     if stride < 1:
         raise ValueError(f"stride must be >= 1, got {stride}.")
-    if threads < 0:
-        raise ValueError(f"threads must be >= 0 (0: torch's default), got {threads}.")
-    if threads:
-        torch.set_num_threads(threads)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output(out, threads=threads)
     t0 = time.perf_counter()
     names = list(gc.GAMMAS)
     data = [gc.trajectories(gc.GAMMAS[n], trajectories, seed=seed + i) for i, n in enumerate(names)]
@@ -300,49 +307,12 @@ def train_gene_circuit(
     )
     model = result.model.cpu()
     train_seconds = time.perf_counter() - t0
-    summary: dict = {}
-    for i, name in enumerate(names):
-        wells = find_wells(model, i)
-        truth = gc.stable_states(gc.GAMMAS[name])
-        errors = [
-            min(float((torch.tensor(w, dtype=torch.float64) - t).norm()) for w in wells)
-            if wells
-            else math.inf
-            for t in truth
-        ]
-        summary[name] = {
-            "gamma": gc.GAMMAS[name],
-            "active_modes": int(model.active_modes()[i]),
-            "wells": wells,
-            "true_wells": truth.tolist(),
-            "well_errors": errors,
-            "velocity_error": float(result.loss[i]),
-            "velocity_error_before_elimination": float(result.loss_before_elimination[i]),
-            "modes_removed": result.elimination.removed[i],
-            "points": int(points.shape[1]),
-        }
-    # Transient landscape: the same random starts on the learned and on the true landscape.
-    n, steps = TRANSIENT_STARTS, TRANSIENT_STEPS
-    starts = gc.DOMAIN[0] + (gc.DOMAIN[1] - gc.DOMAIN[0]) * torch.rand(
-        n, 2, generator=torch.Generator().manual_seed(seed + 7), dtype=torch.float64
-    )
-    learned_run = learned_transient(model, starts, steps=steps, dt=DT)
-    true_run = gc.trajectories(None, n, steps=steps, dt=DT, starts=starts, gamma_of_t=_switch)
-    fates_true = (true_run.points[:, -1, None, :] - gc.stable_states(2.0)).norm(dim=-1).argmin(-1)
-    fates = (learned_run[:, -1, None, :] - gc.stable_states(2.0)).norm(dim=-1).argmin(-1)
-    summary["transient"] = {
-        "t0": T0,
-        "tau": TAU,
-        "trajectories": n,
-        "end_time": (steps - 1) * DT,
-        "mean_distance_to_true_run": float((learned_run - true_run.points).norm(dim=-1).mean()),
-        "end_point_error_max": float(
-            (learned_run[:, -1] - true_run.points[:, -1]).norm(dim=-1).max()
-        ),
-        "fate_counts": torch.bincount(fates, minlength=2).tolist(),
-        "fate_counts_true": torch.bincount(fates_true, minlength=2).tolist(),
-        "fate_agreement": float((fates == fates_true).double().mean()),
+    summary: dict = {
+        name: _landscape_summary(model, i, name, result, int(points.shape[1]))
+        for i, name in enumerate(names)
     }
+    transient = _transient(model, seed)
+    summary["transient"] = transient.summary
     summary.update(
         seconds=time.perf_counter() - t0,
         train_seconds=train_seconds,
@@ -365,22 +335,72 @@ def train_gene_circuit(
         )
     if plots:
         wells = [summary[name]["wells"] for name in names]
-        _plots(out, model, names, wells, data, learned_run, true_run.points)
+        _plots(out, model, names, wells, data, transient.learned, transient.true)
     return summary
 
 
+def _landscape_summary(model: LSEICNN, i: int, name: str, result: PotentialFit, points: int):
+    """Summary of landscape ``name`` (member ``i``): its wells against the true stable states."""
+    wells = find_wells(model, i)
+    truth = gc.stable_states(gc.GAMMAS[name])
+    errors = [
+        min(float((torch.tensor(w, dtype=torch.float64) - t).norm()) for w in wells)
+        if wells
+        else math.inf
+        for t in truth
+    ]
+    return {
+        "gamma": gc.GAMMAS[name],
+        "active_modes": int(model.active_modes()[i]),
+        "wells": wells,
+        "true_wells": truth.tolist(),
+        "well_errors": errors,
+        "velocity_error": float(result.loss[i]),
+        "velocity_error_before_elimination": float(result.loss_before_elimination[i]),
+        "modes_removed": result.elimination.removed[i],
+        "points": points,
+    }
+
+
+class _Transient(NamedTuple):
+    """The transient landscape's runs, learned and true ``(n, steps, 2)``, and their summary."""
+
+    learned: torch.Tensor
+    true: torch.Tensor
+    summary: dict
+
+
+def _transient(model: LSEICNN, seed: int) -> _Transient:
+    """The same random starts on the learned and on the true transient landscape; their fates."""
+    n, steps = TRANSIENT_STARTS, TRANSIENT_STEPS
+    starts = gc.DOMAIN[0] + (gc.DOMAIN[1] - gc.DOMAIN[0]) * torch.rand(
+        n, 2, generator=torch.Generator().manual_seed(seed + 7), dtype=torch.float64
+    )
+    learned = learned_transient(model, starts, steps=steps, dt=DT)
+    true = gc.trajectories(None, n, steps=steps, dt=DT, starts=starts, gamma_of_t=_switch).points
+    fates_true = (true[:, -1, None, :] - gc.stable_states(2.0)).norm(dim=-1).argmin(-1)
+    fates = (learned[:, -1, None, :] - gc.stable_states(2.0)).norm(dim=-1).argmin(-1)
+    summary = {
+        "t0": T0,
+        "tau": TAU,
+        "trajectories": n,
+        "end_time": (steps - 1) * DT,
+        "mean_distance_to_true_run": float((learned - true).norm(dim=-1).mean()),
+        "end_point_error_max": float((learned[:, -1] - true[:, -1]).norm(dim=-1).max()),
+        "fate_counts": torch.bincount(fates, minlength=2).tolist(),
+        "fate_counts_true": torch.bincount(fates_true, minlength=2).tolist(),
+        "fate_agreement": float((fates == fates_true).double().mean()),
+    }
+    return _Transient(learned, true, summary)
+
+
 def _plots(out: Path, model: LSEICNN, names, wells, data, learned_run, true_run) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     g = torch.linspace(*gc.DOMAIN, 121, dtype=torch.float64)
     X, Y = torch.meshgrid(g, g, indexing="xy")
     grid = torch.stack([X.reshape(-1), Y.reshape(-1)], dim=-1)
     with torch.no_grad():
         learned = model(grid)  # (2, G)
-    fig, axes = plt.subplots(2, 2, figsize=(10, 9))
+    fig, axes = subplots(2, 2, size=(10, 9), dpi=100)
     for i, name in enumerate(names):
         true = gc.potential(grid, gc.GAMMAS[name])
         found = torch.tensor(wells[i]).reshape(-1, 2)
@@ -400,15 +420,13 @@ def _plots(out: Path, model: LSEICNN, names, wells, data, learned_run, true_run)
                 label = f"{label} (active modes: {int(model.active_modes()[i])})"
             ax.set_title(f"{label}, γ = {gc.GAMMAS[name]}")
             ax.set_aspect("equal")
-    fig.tight_layout()
-    fig.savefig(out / "landscapes.png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, out / "landscapes.png")
 
     # Transient landscape: trajectories gather at the central well, then split to the two fates.
     end = (learned_run.shape[1] - 1) * DT
     times = [2.0, 3.5, 5.0, end]
-    fig, axes = plt.subplots(1, len(times), figsize=(4.2 * len(times), 4))
-    for ax, t in zip(axes, times, strict=True):
+    fig, axes = subplots(1, len(times), size=(4.2 * len(times), 4), dpi=100)
+    for ax, t in zip(axes[0], times, strict=True):
         s = _switch(t)
         values = (1 - s) * learned[0] + s * learned[1]
         values = values - values.min()
@@ -425,6 +443,4 @@ def _plots(out: Path, model: LSEICNN, names, wells, data, learned_run, true_run)
     fig.suptitle(
         "transient landscape: learned (white, red dots) vs true (black dotted, crosses) trajectories"
     )
-    fig.tight_layout()
-    fig.savefig(out / "transient_landscape.png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, out / "transient_landscape.png")

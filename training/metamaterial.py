@@ -21,7 +21,13 @@ from typing import NamedTuple
 
 import torch
 from lse_material.training.data import metamaterial as mm
-from lse_material.training.fit import FitOptions, fit, resolve_device
+from lse_material.training.fit import (
+    FitOptions,
+    FitResult,
+    fit,
+    prepare_output,
+    resolve_device,
+)
 
 import lse_material
 from lse_material.atomic import write_json
@@ -34,6 +40,7 @@ from lse_material.hidden_state import (
     tensor_to_voigt,
     voigt_to_tensor,
 )
+from lse_material.plotting import save_figure, subplots
 from lse_material.potential import as_float64_tensor
 
 __all__ = [
@@ -168,6 +175,77 @@ def _calibrate_indicator(model, strain, time, fixed_phase: bool) -> None:
     model.set_indicator(modulus=modulus, strain=float(inelastic.min()))
 
 
+def _fit_two_stages(model, strain, stress, times, s_std, epochs: int, lr: float) -> FitResult:
+    """Fit on the normalised normal stresses of ``strain``/``stress`` ``(B, T, 6)`` histories.
+
+    Two stages [ours]: Adam at ``lr``, then the last ``ANNEAL`` of the epochs at ``lr/10`` (a
+    fresh Adam). Returns the joined history.
+    """
+    target = stress[..., NORMAL] / s_std
+
+    def data_loss():
+        pred = model.rollout(strain, times, phase_weights=False).stress
+        return (pred[..., NORMAL] / s_std - target).pow(2).mean()
+
+    log_every = max(epochs // 100, 1)
+    n_final = int(round(ANNEAL * epochs)) if epochs >= 10 else 0
+    history = fit(
+        model,
+        data_loss,
+        FitOptions(
+            epochs=epochs - n_final, lr_network=lr, lr_gates=lr, l1=0.0, log_every=log_every
+        ),
+        lse=model.potential,
+        description="metamaterial",
+    )
+    if n_final:
+        final = fit(
+            model,
+            data_loss,
+            FitOptions(
+                epochs=n_final, lr_network=lr / 10, lr_gates=lr / 10, l1=0.0, log_every=log_every
+            ),
+            lse=model.potential,
+            description="metamaterial (lr/10)",
+        )
+        offset = epochs - n_final
+        for key in ("epoch", "loss", "active_modes", "rho", "gates"):
+            values = getattr(final, key)
+            getattr(history, key).extend([e + offset for e in values] if key == "epoch" else values)
+        history.seconds += final.seconds
+    return history
+
+
+def _save_model(
+    model: HiddenStateMaterial,
+    path: Path,
+    data: mm.MetamaterialData,
+    summary: dict,
+    *,
+    trajectories: int,
+) -> None:
+    """Write the model file with its training box (ε11 range of the data) and training record."""
+    eps11 = data.strain[..., 0, 0]
+    lse_material.save(
+        model,
+        path,
+        input_units=["1"] * 6,
+        output={"name": "psi", "units": "energy per volume (units of the bulk modulus κ)"},
+        training_box={"eps11": [float(eps11.min()), float(eps11.max())]},
+        training={
+            "data": "metamaterial sawtooth histories (SPEC §5), uniaxial strain along e1",
+            "params": mm.MetamaterialParams().__dict__,
+            "fixed_phase": summary["fixed_phase"],
+            "trajectories": trajectories,
+            "steps": N_STEPS,
+            "dt": float(data.time[1] - data.time[0]),
+            "epochs": summary["epochs"],
+            "seed": summary["seed"],
+        },
+        metrics={k: summary[k] for k in ("test_r2_stress", "test_r2_components")},
+    )
+
+
 def train_metamaterial(
     *,
     out: str | Path,
@@ -208,10 +286,7 @@ def train_metamaterial(
             f"need trajectories >= 5, epochs >= 1, lr > 0; got trajectories={trajectories}, "
             f"epochs={epochs}, lr={lr}."
         )
-    if threads:
-        torch.set_num_threads(threads)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output(out, threads=threads)
     dev = resolve_device(device)
     t0 = time.perf_counter()
 
@@ -224,39 +299,7 @@ def train_metamaterial(
     s_std = stress[train][..., NORMAL].reshape(-1, len(NORMAL)).std(0)
 
     model = build_model(strain[train], times, seed=seed, stress_std=float(s_std[0]))
-    target = stress[train][..., NORMAL] / s_std
-
-    def data_loss():
-        pred = model.rollout(strain[train], times, phase_weights=False).stress
-        return (pred[..., NORMAL] / s_std - target).pow(2).mean()
-
-    # Two stages [ours]: Adam at lr, then the last ANNEAL of the epochs at lr/10 (a fresh Adam).
-    log_every = max(epochs // 100, 1)
-    n_final = int(round(ANNEAL * epochs)) if epochs >= 10 else 0
-    history = fit(
-        model,
-        data_loss,
-        FitOptions(
-            epochs=epochs - n_final, lr_network=lr, lr_gates=lr, l1=0.0, log_every=log_every
-        ),
-        lse=model.potential,
-        description="metamaterial",
-    )
-    if n_final:
-        final = fit(
-            model,
-            data_loss,
-            FitOptions(
-                epochs=n_final, lr_network=lr / 10, lr_gates=lr / 10, l1=0.0, log_every=log_every
-            ),
-            lse=model.potential,
-            description="metamaterial (lr/10)",
-        )
-        offset = epochs - n_final
-        for key in ("epoch", "loss", "active_modes", "rho", "gates"):
-            values = getattr(final, key)
-            getattr(history, key).extend([e + offset for e in values] if key == "epoch" else values)
-        history.seconds += final.seconds
+    history = _fit_two_stages(model, strain[train], stress[train], times, s_std, epochs, lr)
     train_seconds = time.perf_counter() - t0
 
     model = model.cpu()
@@ -302,24 +345,7 @@ def train_metamaterial(
                 "correlation": float(torch.corrcoef(torch.stack([ind, true_xi]))[0, 1]),
                 "mean_abs_difference": float((ind - true_xi).abs().mean()),
             }
-    lse_material.save(
-        model,
-        out / "model.safetensors",
-        input_units=["1"] * 6,
-        output={"name": "psi", "units": "energy per volume (units of the bulk modulus κ)"},
-        training_box={"eps11": [float(strain[..., 0].min()), float(strain[..., 0].max())]},
-        training={
-            "data": "metamaterial sawtooth histories (SPEC §5), uniaxial strain along e1",
-            "params": mm.MetamaterialParams().__dict__,
-            "fixed_phase": fixed_phase,
-            "trajectories": trajectories,
-            "steps": N_STEPS,
-            "dt": float(data.time[1] - data.time[0]),
-            "epochs": epochs,
-            "seed": seed,
-        },
-        metrics={"test_r2_stress": summary["test_r2_stress"], "test_r2_components": r2},
-    )
+    _save_model(model, out / "model.safetensors", data, summary, trajectories=trajectories)
     history.save(out / "history.json")
     write_json(out / "summary.json", summary)
     if plots:
@@ -328,12 +354,8 @@ def train_metamaterial(
 
 
 def _plots(out: Path, roll, strain, stress, xi, history, fixed_phase: bool) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    fig, axes = subplots(1, 3, size=(13, 4))
+    axes = axes[0]
     for ax, j, name in ((axes[0], 0, "σ11"), (axes[1], 1, "σ22 (= σ33)")):
         true, pred = stress[..., j].reshape(-1), roll.stress[..., j].reshape(-1)
         ax.scatter(true, pred, s=3, alpha=0.4)
@@ -345,12 +367,10 @@ def _plots(out: Path, roll, strain, stress, xi, history, fixed_phase: bool) -> N
     axes[2].semilogy(history.epoch, history.loss)
     axes[2].set_xlabel("epoch")
     axes[2].set_ylabel("training loss (normalised stress MSE)")
-    fig.tight_layout()
-    fig.savefig(out / "parity.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, out / "parity.png")
 
     n = min(6, strain.shape[0])
-    fig, axes = plt.subplots(2, n, figsize=(3.2 * n, 6), squeeze=False)
+    fig, axes = subplots(2, n, size=(3.2 * n, 6))
     for k in range(n):
         ax = axes[0, k]
         ax.plot(strain[k, :, 0], stress[k, :, 0], "k-", lw=1.5, label="data model")
@@ -368,6 +388,4 @@ def _plots(out: Path, roll, strain, stress, xi, history, fixed_phase: bool) -> N
     axes[0, 0].set_ylabel("σ11")
     axes[0, 0].legend(fontsize=8)
     axes[1, 0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "loops.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, out / "loops.png")

@@ -26,6 +26,7 @@ from lse_material.training.fit import (
     FitResult,
     fit,
     fold_gates,
+    prepare_output,
     prune_by_elimination,
     resolve_device,
 )
@@ -186,6 +187,31 @@ def _save_best(model: LSEICNN, name: str, member: int, data: _Data, result: dict
     return single
 
 
+class _Evaluation(NamedTuple):
+    """Per-function summaries and best models; the grids ``(M, 200, 1)`` and fits ``(M, 200)``."""
+
+    functions: dict
+    models: dict[str, LSEICNN]
+    grid: torch.Tensor
+    pred: torch.Tensor
+
+
+def _evaluate(model: LSEICNN, data: _Data, names: list[str], seeds: int, out: Path) -> _Evaluation:
+    """Evaluate every member on its function's 200-point grid (the function's own units);
+    summarise each function and save its best seed's model."""
+    unit_grid = torch.linspace(-1, 1, N_EVAL, dtype=torch.float64)[:, None]
+    grid = unit_grid * data.half  # (M, 200, 1)
+    with torch.no_grad():
+        pred = model(unit_grid.to(data.x.device)).cpu() * data.span + data.low  # (M, 200)
+    functions, models = {}, {}
+    for i, name in enumerate(names):
+        rows = slice(i * seeds, (i + 1) * seeds)
+        result = _function_result(name, rows, grid, pred, model)
+        functions[name] = result
+        models[name] = _save_best(model, name, rows.start + result["best_seed"], data, result, out)
+    return _Evaluation(functions, models, grid, pred)
+
+
 def fit_1d(
     *,
     out: str | Path,
@@ -234,10 +260,7 @@ def fit_1d(
         raise ValueError(f"function must be one of {sorted(FUNCTIONS)} or 'all'; got {function!r}.")
     if seeds < 1 or epochs < 1:
         raise ValueError(f"seeds and epochs must be >= 1; got seeds={seeds}, epochs={epochs}.")
-    if threads:
-        torch.set_num_threads(threads)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output(out, threads=threads)
     dev = resolve_device(device)
     t0 = time.perf_counter()
     data = _normalised_data(names, seeds, dev)
@@ -260,12 +283,9 @@ def fit_1d(
     )
     seconds = time.perf_counter() - t0
 
-    # Evaluate on each function's 200-point grid, in the function's own units.
-    unit_grid = torch.linspace(-1, 1, N_EVAL, dtype=torch.float64)[:, None]
-    grid = unit_grid * data.half  # (M, 200, 1)
-    with torch.no_grad():
-        pred = model(unit_grid.to(dev)).cpu() * data.span + data.low  # (M, 200)
+    evaluation = _evaluate(model, data, names, seeds, out)
     rounds = phases.elimination.rounds
+    options = phases.fit_options
     summary = {
         "seeds": seeds,
         "epochs": epochs,
@@ -277,20 +297,14 @@ def fit_1d(
             "finetune_epochs": finetune_epochs,
             "polish_epochs": polish_epochs,
             "tolerance": tolerance,
-            "l1": phases.fit_options.l1,
+            "l1": options.l1,
             "rho_start": 1.0,
-            "lr_network": phases.fit_options.lr_network,
-            "lr_gates": phases.fit_options.lr_gates,
+            "lr_network": options.lr_network,
+            "lr_gates": options.lr_gates,
             "device": str(dev),
         },
-        "functions": {},
+        "functions": evaluation.functions,
     }
-    models = {}
-    for i, name in enumerate(names):
-        rows = slice(i * seeds, (i + 1) * seeds)
-        result = _function_result(name, rows, grid, pred, model)
-        summary["functions"][name] = result
-        models[name] = _save_best(model, name, rows.start + result["best_seed"], data, result, out)
     write_json(out / "summary.json", summary)
     write_json(
         out / "history.json",
@@ -303,8 +317,8 @@ def fit_1d(
         },
     )
     if plots:
-        _plots(out, names, seeds, phases.fit, grid, pred)
-    return OneDStudy(summary, models)
+        _plots(out, names, seeds, phases.fit, evaluation.grid, evaluation.pred)
+    return OneDStudy(summary, evaluation.models)
 
 
 def _plots(out: Path, names, seeds, history: FitResult, grid, pred) -> None:
@@ -370,10 +384,7 @@ def bench_fit_1d(*, out: str | Path, epochs: int = 100, seeds: int = 10, threads
     threads
         torch CPU threads (0: leave as is).
     """
-    if threads:
-        torch.set_num_threads(threads)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output(out, threads=threads)
     names = sorted(FUNCTIONS)
     x, y, half = _ensemble_data(names, seeds)
     x = x / half

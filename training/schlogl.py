@@ -41,110 +41,35 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 from lse_material.training.data.schlogl import simulate
+from lse_material.training.data.statistics import cv_bandwidth, gaussian_kde, hellinger
 from lse_material.training.fit import (
     EliminationResult,
     FitOptions,
     fit,
     fold_gates,
+    prepare_output,
     prune_by_elimination,
     resolve_device,
 )
 
 from lse_material.atomic import write_json
 from lse_material.lse import LSEICNN
+from lse_material.plotting import save_figure, subplots
 
 __all__ = [
     "GRID",
     "DensityFit",
-    "cv_bandwidth",
     "fit_densities",
-    "gaussian_kde",
-    "hellinger",
     "train_schlogl",
 ]
 
 GRID = torch.linspace(0.0, 800.0, 321, dtype=torch.float64)  # copy numbers, as a continuum
-BANDWIDTHS = torch.logspace(math.log10(2.0), math.log10(200.0), 41, dtype=torch.float64)
-
-
-def _kernel_sum(
-    samples: torch.Tensor, points: torch.Tensor, h: torch.Tensor, reflect_at: float | None
-) -> torch.Tensor:
-    """Σ_j φ((points - x_j)/h) (+ the reflected kernels): ``(M, n)``, ``(M, G)``, ``(M, 1)`` -> ``(M, G)``."""
-    z = (points.unsqueeze(-1) - samples.unsqueeze(-2)) / h.unsqueeze(-1)  # (M, G, n)
-    k = torch.exp(-0.5 * z**2)
-    if reflect_at is not None:
-        zr = (points.unsqueeze(-1) - (2 * reflect_at - samples).unsqueeze(-2)) / h.unsqueeze(-1)
-        k = k + torch.exp(-0.5 * zr**2)
-    return k.sum(-1)
-
-
-def gaussian_kde(
-    samples: torch.Tensor,
-    grid: torch.Tensor,
-    bandwidth: torch.Tensor | float,
-    *,
-    reflect_at: float | None = 0.0,
-) -> torch.Tensor:
-    """Gaussian KDE of ``samples (M, n)`` (or ``(n,)``) on ``grid (G,)`` -> ``(M, G)`` (or ``(G,)``).
-
-    bandwidth: a float or one per row, ``(M,)``. ``reflect_at``: reflect the kernels at this
-    boundary (the density lives on ``x ≥ reflect_at``); None for plain kernels.
-    """
-    single = samples.ndim == 1
-    samples = samples.reshape(-1, samples.shape[-1]).to(grid.dtype)
-    h = torch.as_tensor(bandwidth, dtype=grid.dtype).reshape(-1, 1).expand(samples.shape[0], 1)
-    if not bool((h > 0).all()):
-        raise ValueError("KDE bandwidths must be positive.")
-    n = samples.shape[-1]
-    points = grid.expand(samples.shape[0], -1)
-    density = _kernel_sum(samples, points, h, reflect_at) / (n * h * math.sqrt(2 * math.pi))
-    return density[0] if single else density
-
-
-def cv_bandwidth(
-    samples: torch.Tensor,
-    *,
-    candidates: torch.Tensor = BANDWIDTHS,
-    reflect_at: float | None = 0.0,
-) -> torch.Tensor:
-    """Leave-one-out likelihood cross-validated KDE bandwidth per row: ``(M, n)`` -> ``(M,)``.
-
-    Maximises ``Σ_i log p̂_{-i}(x_i)`` over ``candidates`` (the same kernels as
-    :func:`gaussian_kde`, reflections included, with every kernel of sample i left out).
-    """
-    samples = samples.reshape(-1, samples.shape[-1]).to(candidates.dtype)
-    n = samples.shape[-1]
-    if n < 2:
-        raise ValueError("cross-validation needs at least 2 samples per row.")
-    scores = []
-    for h in candidates:
-        hh = h.reshape(1, 1).expand(samples.shape[0], 1)
-        total = _kernel_sum(samples, samples, hh, reflect_at)  # (M, n), includes sample i
-        own = 1.0
-        if reflect_at is not None:
-            own = own + torch.exp(-0.5 * (2 * (samples - reflect_at) / h) ** 2)
-        loo = (total - own) / ((n - 1) * h * math.sqrt(2 * math.pi))
-        scores.append(torch.log(loo.clamp_min(1e-300)).mean(-1))
-    return candidates[torch.stack(scores, -1).argmax(-1)]
-
-
-def hellinger(p: torch.Tensor, q: torch.Tensor, dx: float) -> torch.Tensor:
-    """Hellinger distance between densities on a uniform grid, ``(..., G)`` -> ``(...)``.
-
-    Both are renormalised on the grid first (mass outside it does not count as a difference).
-    """
-    p = p.clamp_min(0)
-    q = q.clamp_min(0)
-    p = p / (p.sum(-1, keepdim=True) * dx)
-    q = q / (q.sum(-1, keepdim=True) * dx)
-    bc = (torch.sqrt(p * q).sum(-1) * dx).clamp(max=1.0)
-    return torch.sqrt(1 - bc)
 
 
 class DensityFit(NamedTuple):
@@ -155,6 +80,61 @@ class DensityFit(NamedTuple):
     log_density: torch.Tensor
     nll: torch.Tensor
     elimination: EliminationResult
+
+
+def _check_samples(samples, grid, smoothing: float, nll_tolerance: float | None) -> float:
+    """Validate ``fit_densities``' inputs; returns the elimination tolerance (default 2 ln(n)/n)."""
+    if samples.ndim != 2 or samples.shape[-1] < 2:
+        raise ValueError(f"samples must be (M, n) with n >= 2, got {tuple(samples.shape)}.")
+    if nll_tolerance is None:
+        nll_tolerance = 2 * math.log(samples.shape[-1]) / samples.shape[-1]
+    if smoothing < 0 or nll_tolerance < 0:
+        raise ValueError("smoothing and nll_tolerance must be >= 0.")
+    if float(samples.min()) < float(grid[0]) or float(samples.max()) > float(grid[-1]):
+        raise ValueError(
+            f"samples span [{float(samples.min())}, {float(samples.max())}], outside the "
+            f"quadrature grid [{float(grid[0])}, {float(grid[-1])}]; pass a wider grid."
+        )
+    return nll_tolerance
+
+
+class _DensityLoss(NamedTuple):
+    """nll(): the per-member loss ``(M,)``; log_density(): ``log p`` on the grid ``(M, G)``."""
+
+    nll: Callable[[], torch.Tensor]
+    log_density: Callable[[], torch.Tensor]
+
+
+def _density_loss(model, samples, grid, *, smoothing: float, bandwidth) -> _DensityLoss:
+    """The (smoothed) negative log-likelihood of ``samples (M, n)`` under ``p ∝ exp(-W)``.
+
+    ``Z = ∫ exp(-W)`` by the rectangle rule on ``grid (G,)``. With ``smoothing > 0`` the
+    loss is the cross-entropy ``-∫ KDE log p`` (the KDE of bandwidth ``smoothing · bandwidth``,
+    default the cross-validated one); with 0, ``mean_i W(x_i) + log Z``.
+    """
+    x = samples.unsqueeze(-1)  # (M, n, 1)
+    dx = float(grid[1] - grid[0])
+    grid_x = grid[:, None]
+    if smoothing > 0:
+        h = cv_bandwidth(samples.cpu()).to(x.device) if bandwidth is None else bandwidth
+        target = gaussian_kde(samples, grid, smoothing * h.to(x.device))  # (M, G)
+        target = target / (target.sum(-1, keepdim=True) * dx)
+
+    def log_z_and_energy():
+        energy = model(grid_x)  # (M, G)
+        return torch.logsumexp(-energy, dim=-1) + math.log(dx), energy
+
+    def nll():
+        log_z, energy = log_z_and_energy()
+        if smoothing > 0:
+            return (target * energy).sum(-1) * dx + log_z
+        return model(x).mean(-1) + log_z
+
+    def log_density():
+        log_z, energy = log_z_and_energy()
+        return -energy - log_z.unsqueeze(-1)
+
+    return _DensityLoss(nll, log_density)
 
 
 def fit_densities(
@@ -180,17 +160,7 @@ def fit_densities(
     likelihood ``mean_i W(x_i) + log Z``. nll_tolerance: the greedy elimination keeps a
     removal when the loss rises by at most this many nats per sample (None: ``2 ln(n) / n``).
     """
-    if samples.ndim != 2 or samples.shape[-1] < 2:
-        raise ValueError(f"samples must be (M, n) with n >= 2, got {tuple(samples.shape)}.")
-    if nll_tolerance is None:
-        nll_tolerance = 2 * math.log(samples.shape[-1]) / samples.shape[-1]
-    if smoothing < 0 or nll_tolerance < 0:
-        raise ValueError("smoothing and nll_tolerance must be >= 0.")
-    if float(samples.min()) < float(grid[0]) or float(samples.max()) > float(grid[-1]):
-        raise ValueError(
-            f"samples span [{float(samples.min())}, {float(samples.max())}], outside the "
-            f"quadrature grid [{float(grid[0])}, {float(grid[-1])}]; pass a wider grid."
-        )
+    nll_tolerance = _check_samples(samples, grid, smoothing, nll_tolerance)
     dev = resolve_device(device)
     samples = samples.to(dev, torch.float64)
     grid = grid.to(dev, torch.float64)
@@ -207,26 +177,10 @@ def fit_densities(
     model.set_normalization(input_shift=350.0, input_scale=250.0)
     x = samples.unsqueeze(-1)  # (M, n, 1)
     model.spread_modes(x)
-    dx = float(grid[1] - grid[0])
-    grid_x = grid[:, None]
-    if smoothing > 0:
-        h = cv_bandwidth(samples.cpu()).to(dev) if bandwidth is None else bandwidth.to(dev)
-        target = gaussian_kde(samples, grid, smoothing * h)  # (M, G)
-        target = target / (target.sum(-1, keepdim=True) * dx)
-
-    def log_z_and_energy():
-        energy = model(grid_x)  # (M, G)
-        return torch.logsumexp(-energy, dim=-1) + math.log(dx), energy
-
-    def nll():  # per member: -∫ target log p  (smoothed)  or  -mean log p(x_i)  (raw)
-        log_z, energy = log_z_and_energy()
-        if smoothing > 0:
-            return (target * energy).sum(-1) * dx + log_z
-        return model(x).mean(-1) + log_z
-
+    loss = _density_loss(model, samples, grid, smoothing=smoothing, bandwidth=bandwidth)
     fit(
         model,
-        nll,
+        loss.nll,
         FitOptions(
             epochs=epochs,
             lr_network=lr,
@@ -240,7 +194,7 @@ def fit_densities(
     fold_gates(model)
     elimination = prune_by_elimination(
         model,
-        nll,
+        loss.nll,
         x,
         finetune=FitOptions(
             epochs=finetune_epochs,
@@ -252,10 +206,7 @@ def fit_densities(
         accept=lambda before, after: after <= before + nll_tolerance,
     )
     with torch.no_grad():
-        log_z, energy = log_z_and_energy()
-        log_density = -energy - log_z.unsqueeze(-1)
-        final_nll = nll()
-    return DensityFit(model, log_density, final_nll, elimination)
+        return DensityFit(model, loss.log_density(), loss.nll(), elimination)
 
 
 def train_schlogl(
@@ -308,10 +259,7 @@ def train_schlogl(
     """
     if trajectories < 20:
         raise ValueError(f"need at least 20 trajectories, got {trajectories}.")
-    if threads:
-        torch.set_num_threads(threads)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output(out, threads=threads)
     t0 = time.perf_counter()
     data = simulate(trajectories, seed=seed)
     ssa_seconds = time.perf_counter() - t0
@@ -332,40 +280,17 @@ def train_schlogl(
         device=device,
     )
     model = result.model.cpu()
-    dx = float(GRID[1] - GRID[0])
     density = result.log_density.exp().cpu()
-    kde_test = gaussian_kde(held_out, GRID, h_test)
-    kde_train = gaussian_kde(train, GRID, h_train)
-    distance = hellinger(density, kde_test, dx)
-    own = hellinger(kde_train, kde_test, dx)
-    reference, plot_reference = {}, None
-    if reference_trajectories:
-        # An independent, larger SSA ensemble approximates the true density: how close are the
-        # LSE density and the training KDE to it? Its bandwidth: cross-validated on 200 of its
-        # samples, scaled by (200 / n)^(1/5) (the KDE's optimal rate) [ours].
-        ref = torch.tensor(
-            simulate(reference_trajectories, seed=seed + 1).states.T, dtype=torch.float64
-        )
-        m = min(200, reference_trajectories)
-        h_ref = cv_bandwidth(ref[:, :m]) * (m / reference_trajectories) ** 0.2
-        kde_ref = gaussian_kde(ref, GRID, h_ref)
-        plot_reference = kde_ref
-        reference = {
-            "reference_trajectories": reference_trajectories,
-            "distance_to_reference": hellinger(density, kde_ref, dx).tolist(),
-            "kde_train_distance_to_reference": hellinger(kde_train, kde_ref, dx).tolist(),
-            "reference_distance_to_kde": hellinger(kde_ref, kde_test, dx).tolist(),
-        }
+    comparison = _compare(density, train, held_out, h_train, h_test)
+    reference, kde_reference = (
+        _reference(reference_trajectories, seed, density, comparison)
+        if reference_trajectories
+        else ({}, None)
+    )
     summary = {
         "times": data.times.tolist(),
         "active_modes": model.active_modes().tolist(),
-        "distance_to_kde": distance.tolist(),
-        "distance": "hellinger",
-        "kde_train_test_distance": own.tolist(),
-        "distance_ratio": (distance / own).tolist(),
-        "kde_bandwidth_train": h_train.tolist(),
-        "kde_bandwidth_held_out": h_test.tolist(),
-        "fraction_high_state": (held_out > 400).double().mean(-1).tolist(),
+        **comparison.metrics,
         **reference,
         "trajectories": trajectories,
         "train": half,
@@ -380,29 +305,71 @@ def train_schlogl(
     }
     write_json(out / "summary.json", summary)
     if plots:
-        _plots(out, data, density, kde_test, plot_reference, summary)
+        _plots(out, data, density, comparison.kde_held_out, kde_reference, summary)
     return summary
 
 
+class _Comparison(NamedTuple):
+    """The LSE densities against the KDEs: summary metrics and the KDEs ``(T, G)`` on GRID."""
+
+    metrics: dict
+    kde_train: torch.Tensor
+    kde_held_out: torch.Tensor
+
+
+def _compare(density, train, held_out, h_train, h_test) -> _Comparison:
+    """Hellinger distances of the LSE densities ``(T, G)`` to the held-out KDE, and the KDE's own."""
+    dx = float(GRID[1] - GRID[0])
+    kde_test = gaussian_kde(held_out, GRID, h_test)
+    kde_train = gaussian_kde(train, GRID, h_train)
+    distance = hellinger(density, kde_test, dx)
+    own = hellinger(kde_train, kde_test, dx)
+    metrics = {
+        "distance_to_kde": distance.tolist(),
+        "distance": "hellinger",
+        "kde_train_test_distance": own.tolist(),
+        "distance_ratio": (distance / own).tolist(),
+        "kde_bandwidth_train": h_train.tolist(),
+        "kde_bandwidth_held_out": h_test.tolist(),
+        "fraction_high_state": (held_out > 400).double().mean(-1).tolist(),
+    }
+    return _Comparison(metrics, kde_train, kde_test)
+
+
+def _reference(
+    trajectories: int, seed: int, density: torch.Tensor, comparison: _Comparison
+) -> tuple[dict, torch.Tensor]:
+    """Distances to the KDE of an independent, larger SSA ensemble (the true density's stand-in).
+
+    Its bandwidth: cross-validated on 200 of its samples, scaled by ``(200 / n)^(1/5)`` (the
+    KDE's optimal rate) [ours]. Returns the summary entries and the reference KDE ``(T, G)``.
+    """
+    dx = float(GRID[1] - GRID[0])
+    ref = torch.tensor(simulate(trajectories, seed=seed + 1).states.T, dtype=torch.float64)
+    m = min(200, trajectories)
+    kde_ref = gaussian_kde(ref, GRID, cv_bandwidth(ref[:, :m]) * (m / trajectories) ** 0.2)
+    entries = {
+        "reference_trajectories": trajectories,
+        "distance_to_reference": hellinger(density, kde_ref, dx).tolist(),
+        "kde_train_distance_to_reference": hellinger(comparison.kde_train, kde_ref, dx).tolist(),
+        "reference_distance_to_kde": hellinger(kde_ref, comparison.kde_held_out, dx).tolist(),
+    }
+    return entries, kde_ref
+
+
 def _plots(out: Path, data, density, kde_test, kde_reference, summary) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, axes = subplots(size=(6, 4))
+    ax = axes[0, 0]
     times = [0.0, *data.times.tolist()]
     for row in data.states[:20]:
         ax.step(times, [float(row[0]), *row.tolist()], where="post", lw=0.8)
     ax.set_xlabel("t")
     ax.set_ylabel("X (copy number)")
     ax.set_title("20 SSA trajectories (observed at t = 0.1, …, 5)")
-    fig.tight_layout()
-    fig.savefig(out / "trajectories.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, out / "trajectories.png")
 
     picks = [i for i in (0, 4, 9, 19, 49) if i < len(data.times)]
-    fig, axes = plt.subplots(1, len(picks), figsize=(4 * len(picks), 3.4), squeeze=False)
+    fig, axes = subplots(1, len(picks), size=(4 * len(picks), 3.4))
     for ax, i in zip(axes[0], picks, strict=True):
         if kde_reference is not None:
             ax.plot(GRID, kde_reference[i], color="0.6", lw=3, alpha=0.6, label="reference KDE")
@@ -414,11 +381,10 @@ def _plots(out: Path, data, density, kde_test, kde_reference, summary) -> None:
         )
         ax.set_xlabel("X")
     axes[0, 0].legend()
-    fig.tight_layout()
-    fig.savefig(out / "densities.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, out / "densities.png")
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, axes = subplots(size=(7, 4))
+    ax = axes[0, 0]
     ax.plot(data.times, summary["distance_to_kde"], "r-", label="H(LSE, KDE held out)")
     ax.plot(
         data.times, summary["kde_train_test_distance"], "k-", label="H(KDE train, KDE held out)"
@@ -438,11 +404,10 @@ def _plots(out: Path, data, density, kde_test, kde_reference, summary) -> None:
     modes.set_ylabel("active modes", color="b")
     modes.set_ylim(0, 5.5)
     ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "distances.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, out / "distances.png")
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, axes = subplots(size=(7, 4))
+    ax = axes[0, 0]
     im = ax.imshow(
         density.T.numpy(),
         origin="lower",
@@ -455,6 +420,4 @@ def _plots(out: Path, data, density, kde_test, kde_reference, summary) -> None:
     ax.set_xlabel("t")
     ax.set_ylabel("X")
     ax.set_title("LSE-ICNN density over time")
-    fig.tight_layout()
-    fig.savefig(out / "density_over_time.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, out / "density_over_time.png")
