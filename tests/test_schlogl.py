@@ -7,8 +7,14 @@ import numpy as np
 import pytest
 import torch
 from lse_material.training.data.schlogl import OBSERVATION_TIMES, birth_death, simulate
-from lse_material.training.data.statistics import cv_bandwidth, gaussian_kde, hellinger
-from lse_material.training.schlogl import GRID, fit_densities, train_schlogl
+from lse_material.training.schlogl import (
+    GRID,
+    cv_bandwidth,
+    fit_densities,
+    gaussian_kde,
+    hellinger,
+    train_schlogl,
+)
 
 from lse_material.cli import build_parser
 
@@ -119,8 +125,13 @@ def test_train_schlogl_writes_summary_and_plots(tmp_path):
     assert saved["distance"] == "hellinger" and len(saved["times"]) == 50
     for key in ("active_modes", "distance_to_kde", "kde_train_test_distance"):
         assert len(saved[key]) == 50
-    assert all(1 <= m <= 5 for m in summary["active_modes"])
-    assert all(0 <= d <= 1 for d in summary["distance_to_kde"])
+    # SPEC §4: one mode before the split (t <= 0.5), two after it (t >= 4.1) ...
+    assert summary["active_modes"][:5] == [1] * 5, summary["active_modes"]
+    assert summary["active_modes"][-10:] == [2] * 10, summary["active_modes"]
+    # ... and the fitted density is about as close to the held-out KDE as the training KDE is
+    # (measured at this size: mean Hellinger distance 0.27 against 0.19).
+    distance = np.mean(summary["distance_to_kde"])
+    assert distance < 2.0 * np.mean(summary["kde_train_test_distance"]), distance
     for png in ("trajectories.png", "densities.png", "distances.png", "density_over_time.png"):
         assert (tmp_path / png).stat().st_size > 1000
 
