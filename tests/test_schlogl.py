@@ -7,14 +7,8 @@ import numpy as np
 import pytest
 import torch
 from lse_material.training.data.schlogl import OBSERVATION_TIMES, birth_death, simulate
-from lse_material.training.schlogl import (
-    GRID,
-    cv_bandwidth,
-    fit_densities,
-    gaussian_kde,
-    hellinger,
-    train_schlogl,
-)
+from lse_material.training.data.statistics import cv_bandwidth, gaussian_kde, hellinger
+from lse_material.training.schlogl import GRID, fit_densities, train_schlogl
 
 from lse_material.cli import build_parser
 
