@@ -15,7 +15,6 @@ one batched pass (the members share no parameters and Adam is per coordinate).
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -27,6 +26,7 @@ from typing import NamedTuple, Protocol
 import torch
 from tqdm import tqdm
 
+from lse_material.atomic import atomic_write, write_json
 from lse_material.lse import LSEICNN, gate
 
 __all__ = [
@@ -133,10 +133,8 @@ class FitResult:
     seconds: float = 0.0
 
     def save(self, path) -> None:
-        path = Path(path)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(asdict(self)))
-        tmp.replace(path)
+        """Write the history as JSON to ``path`` atomically."""
+        write_json(path, asdict(self))
 
 
 def _parameter_groups(model: torch.nn.Module, lse: LSEICNN, options: FitOptions):
@@ -268,19 +266,17 @@ def _report_line(
 
 
 def _save_checkpoint(path, model, optimizer, epoch: int, result: FitResult, callback) -> None:
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(
-        {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "epoch": epoch,
-            "history": asdict(result),
-            "callback": None if callback is None else callback.state_dict(),
-        },
-        tmp,
-    )
-    tmp.replace(path)
+    with atomic_write(path) as f:
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "epoch": epoch,
+                "history": asdict(result),
+                "callback": None if callback is None else callback.state_dict(),
+            },
+            f,
+        )
 
 
 def mean_squared(residual: torch.Tensor, dims: int) -> torch.Tensor:
