@@ -693,13 +693,15 @@ class MinimumMatch(NamedTuple):
 class BarrierMatch(NamedTuple):
     """A true barrier ``truth = (a, b)`` matched to the found barrier between the minima
     matched to a and b (``found``, None: missing). Heights are ordered as (from a, from b);
-    ``error``: the largest relative height error of the two sides."""
+    ``error``: the largest relative height error of the two sides; ``verified``: whether the
+    found saddle passed its checks (``Barrier.verified``)."""
 
     truth: tuple[int, int]
     found: tuple[int, int] | None
     heights_true: tuple[float, float]
     heights_found: tuple[float, float] | None
     error: float | None
+    verified: bool = False
 
 
 class WellComparison(NamedTuple):
@@ -814,6 +816,7 @@ def compare_wells(
                 None
                 if hit is None
                 else max(abs(f - t) / abs(t) for f, t in zip(heights, b.heights)),
+                hit is not None and hit.verified,
             )
         )
     return WellComparison(

@@ -17,6 +17,7 @@ from lse_material.wells import (
     analyse_wells,
     compare_wells,
     find_wells,
+    order_parameter_scale,
 )
 
 SQ2, SQ6 = math.sqrt(2), math.sqrt(6)
@@ -72,8 +73,13 @@ def test_one_minimum_at_zero_strain_at_c_zero():
     assert a.minima[0].energy == pytest.approx(0.0, abs=1e-14)
 
 
-def test_four_wells_in_the_joint_space():
-    a = find_wells(mc.potential(), box=mc.TRAINING_BOX, samples=64)
+@pytest.fixture(scope="module")
+def joint():
+    return find_wells(mc.potential(), box=mc.TRAINING_BOX, samples=64)
+
+
+def test_four_wells_in_the_joint_space(joint):
+    a = joint
     assert len(a.minima) == 4
     reference = [m for m in a.minima if abs(m.location["c"]) < 1e-6]
     assert len(reference) == 1 and reference[0].in_box
@@ -166,7 +172,7 @@ def test_compare_wells_measures_depth_distance_and_barrier_errors(variants):
     for m in cmp.minima:  # same places (ψ scales with d_e at fixed s_e), 10 % deeper
         assert m.distance < 1e-6 and m.depth_error == pytest.approx(-0.1, abs=1e-9)
     assert len(cmp.barriers) == 3
-    assert all(b.error == pytest.approx(0.1, abs=1e-9) for b in cmp.barriers)
+    assert all(b.error == pytest.approx(0.1, abs=1e-9) and b.verified for b in cmp.barriers)
     json.dumps(cmp.to_json())
     # Against a single true well at the origin: no found variant is within tolerance.
     origin = find_wells(mc.potential(), fix={"c": 0.0}, box=mc.TRAINING_BOX, samples=16)
@@ -266,3 +272,27 @@ def test_ensembles_are_refused_with_the_fix():
     model = LSEICNN(2, 2, ensemble=3, input_names=["u", "v"])
     with pytest.raises(ValueError, match=r"member\(i\)"):
         find_wells(model, box={"u": (-1, 1), "v": (-1, 1)})
+
+
+def test_seven_input_lse_icnn_with_bowls_on_the_true_wells_and_sharp_ridges(joint):
+    """The model the mechanochemical training aims for: one mode per true well, large ρ."""
+    half = torch.tensor([0.15, 0.15, 0.15, 0.3, 0.3, 0.3, 0.5], dtype=torch.float64)
+    shift = torch.tensor([0, 0, 0, 0, 0, 0, 0.5], dtype=torch.float64)
+    wells = [[0.0] * 7] + [
+        [*strain_of(0.1 * math.sin(a), 0.1 * math.cos(a)), 0, 0, 0, 1.0]
+        for a in (0, 2 * math.pi / 3, -2 * math.pi / 3)
+    ]
+    centres = (torch.tensor(wells, dtype=torch.float64) - shift) / half
+    model = bowls(centres.tolist(), [0.0, -0.3, -0.3, -0.3], names=mc.INPUT_NAMES, rho=100.0)
+    model.set_normalization(input_shift=shift, input_scale=half, energy_scale=0.1)
+    a = find_wells(model, box=mc.TRAINING_BOX)
+    assert sorted(m.mode for m in a.minima) == [0, 1, 2, 3]
+    for m in a.minima:
+        x = torch.tensor([list(m.location.values())], dtype=torch.float64)
+        assert float((x[0] - torch.tensor(wells[m.mode])).abs().max()) < 1e-6
+    assert len(a.barriers) == 6
+    assert all(b.verified and sum(v < 0 for v in b.eigenvalues) == 1 for b in a.barriers)
+    cmp = compare_wells(a, joint, scale=order_parameter_scale())
+    assert cmp.missing == 0 and cmp.extra == 0
+    assert all(m.distance < 0.02 for m in cmp.minima)  # the true variants sit at c = 1.0124
+    assert all(b.found is not None for b in cmp.barriers)
