@@ -278,3 +278,36 @@ def test_resume_refuses_a_changed_config(tmp_path, uninterrupted):
     train_data(config=config, out=tmp_path / "run", set=["fit.epochs=20", "fit.elimination=false"])
     with pytest.raises(ValueError, match=r"differs in \['config.fit.epochs'\]"):
         train_data(config=config, out=tmp_path / "run", resume=True, set=["fit.elimination=false"])
+
+
+# ----------------------------------------------------------------------------- the example
+
+
+def true_minima() -> np.ndarray:
+    sys.path.insert(0, str(EXAMPLE))
+    try:
+        import make_data
+    finally:
+        sys.path.remove(str(EXAMPLE))
+    return make_data.true_minima()
+
+
+@pytest.mark.fem
+def test_example_finds_two_wells_and_runs_in_dolfinx(tmp_path):
+    ci_size = ["fit.seeds=2", "fit.epochs=1500", "fit.finetune_epochs=100", "output.plots=false"]
+    result = train_data(config=EXAMPLE / "run.toml", out=tmp_path, set=ci_size)
+    minima = [m["location"] for m in result.summary["wells"]["minima"] if m["in_box"]]
+    found = np.array(sorted([m["x"], m["y"]] for m in minima))
+    assert found.shape == (2, 2), minima
+    assert np.abs(found - true_minima()).max() < 0.05, found
+
+    text = README.read_text()
+    block = re.search(r"<!-- example: own-data -->\n```python\n(.*?)```", text, re.S).group(1)
+    code = block.replace(
+        '"results/double_well_2d/model.safetensors"', repr(str(tmp_path / "model.safetensors"))
+    )
+    namespace = {}
+    exec(compile(code, "README own-data example", "exec"), namespace)
+    assert namespace["result"].converged
+    relaxed = namespace["phi"].x.array.reshape(-1, 2)  # every node relaxes into the right well
+    assert np.abs(relaxed - found[1]).max() < 1e-3, relaxed.mean(0)
