@@ -18,15 +18,18 @@ The algorithm [ours]:
    small and every Hessian eigenvalue is positive; minima closer than ``merge`` (normalised
    units) are one. Points that leave the box by more than ``margin`` half-widths are dropped.
 3. **Barriers**: for every pair of minima, a string (straight line between them, ``images``
-   images) relaxed by Newton steps perpendicular to its tangent, re-spaced to equal arc length
-   after every step; all images of all pairs in one ``derivatives`` call. A pair is kept as
-   *neighbours* when its relaxed path has one energy maximum and no interior local minimum
-   (so it does not pass through a third basin) and no image comes within ``merge`` of a third
-   minimum. The highest image then climbs to the saddle by eigenvector following (ascent
-   along the Hessian eigenvector closest to the path tangent, Newton descent along the others,
-   i.e. a Newton step on ∇ψ = 0 next to the saddle). The saddle is *verified* when its
-   gradient is small, its Hessian has exactly one negative eigenvalue and it lies on the
-   path; an unverified barrier keeps the path's highest image as its estimate.
+   images) relaxed by the simplified string method (steepest-descent steps, each image with
+   its own step 1/λ_max, re-spaced to equal arc length after every step); all images of all
+   pairs in one ``derivatives`` call. A pair is kept as *neighbours* when its relaxed path has
+   no interior local minimum of ψ (it does not pass through a third basin) and no image comes
+   within half an image spacing of a third minimum; where a dropped path dips, Newton starts
+   there, and a new minimum found so re-runs the paths (at most three rounds). The highest
+   point of the path (a ternary search next to its highest image) climbs to the saddle by
+   eigenvector following (ascent along the Hessian eigenvector closest to the path tangent,
+   Newton descent along the others: the Newton step on ∇ψ = 0 next to the saddle; a trust
+   region on |∇ψ|). The saddle is *verified* when its gradient is small, its Hessian has
+   exactly one negative eigenvalue and it lies within two image spacings of the path; an
+   unverified barrier keeps the path's highest point as its estimate.
 
 Results are in physical units, locations by input name. ``WellAnalysis.to_json`` is the table
 that JSON files and model cards store; ``compare_wells`` matches a found table to the truth.
@@ -504,11 +507,10 @@ def find_wells(
         )
     sl = _Slice(potential, fixed, free_box)
     bound = 1.0 + margin
-    sobol = torch.quasirandom.SobolEngine(sl.k, scramble=True, seed=seed)
-    z0 = [
-        torch.zeros(1, sl.k, dtype=torch.float64),
-        2 * sobol.draw(samples, dtype=torch.float64) - 1,
-    ]
+    z0 = [torch.zeros(1, sl.k, dtype=torch.float64)]
+    if samples:
+        sobol = torch.quasirandom.SobolEngine(sl.k, scramble=True, seed=seed)
+        z0.append(2 * sobol.draw(samples, dtype=torch.float64) - 1)
     if starts is not None:
         x = as_float64_tensor(starts, len(sl.names), name="starts")
         z0.append(sl.to_z(x))
@@ -518,20 +520,25 @@ def find_wells(
     gtol = 1e-10 * scale
     z0 = torch.cat([z0, _mode_minima(potential, sl, gtol=gtol, bound=bound)])
     z, d = _minimise(lambda q, rows: sl.evaluate(q), z0, gtol=gtol, bound=bound)
-    accept, eigtol = 1e-6 * scale, 1e-9 * scale
-    minima_z, info = _distinct_minima(z, d, merge=merge, gtol=accept, eigtol=eigtol, bound=bound)
-    minima = tuple(_minimum(sl, q, m) for q, m in zip(minima_z, info))
-    found = ()
-    if barriers and len(minima) > 1:
-        found = _barriers(
-            sl,
-            minima_z,
-            [m.energy for m in minima],
-            images=images,
-            gtol=gtol,
-            accept=accept,
-            eigtol=eigtol,
+    tol = {"merge": merge, "gtol": 1e-6 * scale, "eigtol": 1e-9 * scale, "bound": bound}
+    minima_z, info = _distinct_minima(z, d, **tol)
+    found: tuple[Barrier, ...] = ()
+    for _ in range(3):  # a path that dips into a basin no start found adds its minimum
+        if not barriers or len(minima_z) < 2:
+            break
+        energies = [e for e, _, _ in info]
+        found, dips = _barriers(
+            sl, minima_z, energies, images=images, gtol=gtol, eigtol=tol["eigtol"]
         )
+        if dips.shape[0] == 0:
+            break
+        z2, d2 = _minimise(lambda q, rows: sl.evaluate(q), dips, gtol=gtol, bound=bound)
+        z, d = torch.cat([z, z2]), _Derivs(*(_cat(u, v) for u, v in zip(d, d2)))
+        count = len(minima_z)
+        minima_z, info = _distinct_minima(z, d, **tol)
+        if len(minima_z) == count:
+            break
+    minima = tuple(_minimum(sl, q, m) for q, m in zip(minima_z, info))
     return WellAnalysis(
         sl.names,
         tuple(sl.names[i] for i in sl.free),
@@ -541,6 +548,10 @@ def find_wells(
         found,
         time.perf_counter() - t0,
     )
+
+
+def _cat(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    return None if a is None else torch.cat([a, b])
 
 
 def _distinct_minima(
@@ -574,13 +585,17 @@ def _minimum(sl: _Slice, z: torch.Tensor, info) -> Minimum:
     )
 
 
+def _dips(energy: torch.Tensor) -> torch.Tensor:
+    """Which interior images of a path with energies ``energy (M,)`` are local minima."""
+    noise = 1e-12 * (1 + energy.abs().max())
+    inner = energy[1:-1]
+    return (inner < energy[:-2] - noise) & (inner < energy[2:] - noise)
+
+
 def _neighbours(path: torch.Tensor, energy: torch.Tensor, others: list[torch.Tensor]) -> bool:
     """Whether a relaxed string ``path (M, k)`` with energies ``energy (M,)`` joins its two ends
     directly: no interior local minimum of the energy, no image near a third minimum."""
-    noise = 1e-12 * (1 + energy.abs().max())
-    inner = energy[1:-1]
-    dip = (inner < energy[:-2] - noise) & (inner < energy[2:] - noise)
-    if bool(dip.any()):
+    if bool(_dips(energy).any()):
         return False
     spacing = float((path[1:] - path[:-1]).norm(dim=-1).mean())
     return all(float((path - q).norm(dim=-1).min()) > 0.5 * spacing for q in others)
@@ -593,10 +608,12 @@ def _barriers(
     *,
     images: int,
     gtol: float,
-    accept: float,
     eigtol: float,
-) -> tuple[Barrier, ...]:
-    """Strings between all pairs of minima ``mz (m, k)``, kept for neighbours, saddles refined."""
+) -> tuple[tuple[Barrier, ...], torch.Tensor]:
+    """Strings between all pairs of minima ``mz (m, k)``, kept for neighbours, saddles refined
+    to ``|∇ψ| < gtol`` (verified below 1e4 gtol, eigenvalues beyond ``eigtol``). Also returns
+    the interior images where a dropped path dips (``(q, k)``: starts for more minima)."""
+    accept = gtol * 1e4
     pairs = [(i, j) for i in range(len(mz)) for j in range(i + 1, len(mz))]
     a = mz[[i for i, _ in pairs]]
     b = mz[[j for _, j in pairs]]
@@ -607,8 +624,10 @@ def _barriers(
         for p, (i, j) in enumerate(pairs)
         if _neighbours(paths[p], energy[p], [mz[q] for q in range(len(mz)) if q not in (i, j)])
     ]
+    dropped = [p for p in range(len(pairs)) if p not in keep]
+    dips = torch.cat([paths[p, 1:-1][_dips(energy[p])] for p in dropped] + [mz[:0]])
     if not keep:
-        return ()
+        return (), dips
     top = 1 + energy[keep, 1:-1].argmax(-1)
     rows = torch.arange(len(keep))
     path_k = paths[keep]
@@ -646,7 +665,7 @@ def _barriers(
                 tuple(tuple(row) for row in sl.to_x(path_k[r]).tolist()),
             )
         )
-    return tuple(found)
+    return tuple(found), dips
 
 
 # ----------------------------------------------------------------------------- table

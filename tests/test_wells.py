@@ -296,3 +296,16 @@ def test_seven_input_lse_icnn_with_bowls_on_the_true_wells_and_sharp_ridges(join
     assert cmp.missing == 0 and cmp.extra == 0
     assert all(m.distance < 0.02 for m in cmp.minima)  # the true variants sit at c = 1.0124
     assert all(b.found is not None for b in cmp.barriers)
+
+
+def test_a_path_through_a_missed_basin_adds_its_minimum():
+    """x² - cos(1.5πx) (SPEC §2's cosine): starts only in the outer wells (the box centre 1.0
+    and one data point), so the middle well is found by the path between them, not a start."""
+    pot = AnalyticPotential(lambda x: x[:, 0] ** 2 - torch.cos(1.5 * math.pi * x[:, 0]), ["x"])
+    options = {"box": {"x": (-0.5, 2.5)}, "samples": 0, "starts": [[-1.2]]}
+    assert len(find_wells(pot, barriers=False, **options).minima) == 2
+    a = find_wells(pot, **options)
+    assert [round(m.location["x"], 3) for m in a.minima] == [0.0, -1.218, 1.218]
+    assert a.minima[0].energy == pytest.approx(-1.0, abs=1e-12)
+    assert sorted(b.pair for b in a.barriers) == [(0, 1), (0, 2)]  # not across the middle
+    assert all(b.verified for b in a.barriers)
