@@ -18,6 +18,9 @@ from lse_material.cli import GROUPS, Verb, add_verb, build_parser, main, parse_d
 EXPECTED = {
     "fit-1d",
     "inspect",
+    "wells",
+    "train.data",
+    "simulate.verification",
     "train.mechanochemical",
     "train.schlogl",
     "train.gene-circuit",
