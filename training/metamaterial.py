@@ -336,21 +336,28 @@ def train_metamaterial(
         },
     }
     if not fixed_phase:  # ξ is used here only to report how well the indicators read it
-        true_xi = xi[test].reshape(-1)
-        for key, ind in (
-            ("indicator_vs_xi", roll.indicator.reshape(-1)),
-            ("mode_weight_vs_xi", roll.phase_weights[..., -1].reshape(-1)),
-        ):
-            summary[key] = {
-                "correlation": float(torch.corrcoef(torch.stack([ind, true_xi]))[0, 1]),
-                "mean_abs_difference": float((ind - true_xi).abs().mean()),
-            }
+        summary.update(_indicator_metrics(roll, xi[test]))
     _save_model(model, out / "model.safetensors", data, summary, trajectories=trajectories)
     history.save(out / "history.json")
     write_json(out / "summary.json", summary)
     if plots:
         _plots(out, roll, strain[test], stress[test], xi[test], history, fixed_phase)
     return MetamaterialTraining(summary, model)
+
+
+def _indicator_metrics(roll, xi: torch.Tensor) -> dict:
+    """How well the model's phase indicator and last mode weight read the data's ξ ``(B, T)``."""
+    true_xi = xi.reshape(-1)
+    metrics = {}
+    for key, ind in (
+        ("indicator_vs_xi", roll.indicator.reshape(-1)),
+        ("mode_weight_vs_xi", roll.phase_weights[..., -1].reshape(-1)),
+    ):
+        metrics[key] = {
+            "correlation": float(torch.corrcoef(torch.stack([ind, true_xi]))[0, 1]),
+            "mean_abs_difference": float((ind - true_xi).abs().mean()),
+        }
+    return metrics
 
 
 def _plots(out: Path, roll, strain, stress, xi, history, fixed_phase: bool) -> None:
