@@ -294,7 +294,13 @@ def true_minima() -> np.ndarray:
 
 @pytest.mark.fem
 def test_example_finds_two_wells_and_runs_in_dolfinx(tmp_path):
-    ci_size = ["fit.seeds=2", "fit.epochs=1500", "fit.finetune_epochs=100", "output.plots=false"]
+    ci_size = [
+        "fit.seeds=2",
+        "fit.epochs=1000",
+        "fit.finetune_epochs=100",
+        "model.max_modes=4",
+        "output.plots=false",
+    ]
     result = train_data(config=EXAMPLE / "run.toml", out=tmp_path, set=ci_size)
     minima = [m["location"] for m in result.summary["wells"]["minima"] if m["in_box"]]
     found = np.array(sorted([m["x"], m["y"]] for m in minima))
@@ -311,3 +317,37 @@ def test_example_finds_two_wells_and_runs_in_dolfinx(tmp_path):
     assert namespace["result"].converged
     relaxed = namespace["phi"].x.array.reshape(-1, 2)  # every node relaxes into the right well
     assert np.abs(relaxed - found[1]).max() < 1e-3, relaxed.mean(0)
+
+
+def test_npz_reads_like_csv(tmp_path):
+    rows = double_well_rows(30)
+    csv_file = write_csv(tmp_path / "d.csv", HEADER, rows)
+    columns = {name: np.array([r[j] for r in rows]) for j, name in enumerate(HEADER)}
+    np.savez(tmp_path / "d.npz", **columns)
+    kw = dict(energy="psi", gradients={"y": "dpsi_dy"}, weight="w", group="path")
+    a = load_data(DataConfig(str(csv_file), ("x", "y"), **kw))
+    b = load_data(DataConfig(str(tmp_path / "d.npz"), ("x", "y"), **kw))
+    for name in ("x", "energy", "gradient", "weight"):
+        assert torch.allclose(getattr(a, name), getattr(b, name), rtol=1e-11, atol=0)
+    assert list(a.groups) == list(b.groups) and b.gradient_inputs == (1,)
+    columns["y"] = columns["y"].astype(str)
+    columns["y"][4] = "oops"
+    np.savez(tmp_path / "bad.npz", **columns)
+    with pytest.raises(DataError, match=r"row 4, column 'y': 'oops' is not a number"):
+        load_data(DataConfig(str(tmp_path / "bad.npz"), ("x", "y"), **kw))
+
+
+def test_early_stopping_after_the_ramp_when_validation_stalls(tmp_path):
+    """A model that does not change never improves: the monitor stops ``patience`` epochs
+    after the L1 ramp ends, and not before."""
+    from lse_material.training.engine import _Monitor, _new_model, _problem
+
+    file = write_csv(tmp_path / "d.csv", HEADER, double_well_rows(40))
+    config = config_from_dict(tiny_config(file))
+    data = load_data(config.data)
+    problem = _problem(data, split_rows(data, config.data), config.data, "cpu")
+    model = _new_model(config, problem, "cpu")
+    monitor = _Monitor(problem, model, every=10, patience=30, start=100)
+    stops = [e for e in range(0, 300) if monitor(e)]
+    assert stops[0] == 130 and monitor.state["stopped"] == 130
+    assert monitor.state["epoch"][:3] == [0, 10, 20]

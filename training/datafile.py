@@ -178,7 +178,7 @@ def _read_npz(path: Path, wanted: list[str], group: str):
                     float(value)
                 except (TypeError, ValueError):
                     raise DataError(
-                        f"{path}: row {i}, column {name!r}: {value!r} is not a number."
+                        f"{path}: row {i}, column {name!r}: {str(value)!r} is not a number."
                     ) from None
         columns[name] = a.astype(np.float64)
     groups = arrays[group].astype(str) if group else None
