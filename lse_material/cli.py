@@ -19,15 +19,19 @@ Each verb's parser is built from the function itself, so an option cannot drift 
   the verb's help is the docstring's first line and its description the text before the first
   section.
 
-Tests and notebooks call the functions, not a subprocess. Verb modules must not import
-DOLFINx at import time: users without it can still train.
+Only the module of the verb that runs is imported; listings read the other verbs' one-line
+help from their source (``verb_summary``), so ``lse-material train schlogl`` and
+``lse-material --help`` do not import the finite-element cases or DOLFINx. Tests and
+notebooks call the functions, not a subprocess.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import collections.abc
 import importlib.metadata
+import importlib.util
 import inspect
 import sys
 import types
@@ -60,32 +64,37 @@ class Docstring(NamedTuple):
     parameters: dict[str, str]  # parameter name -> description (one line)
 
 
-def verbs(names: set[str] | None = None) -> list[Verb]:
-    """The installed verbs (only those in ``names`` when given), sorted by name.
+def _points() -> list[importlib.metadata.EntryPoint]:
+    return sorted(importlib.metadata.entry_points(group=VERB_GROUP), key=lambda p: p.name)
 
-    Loading a verb imports its module; the others are not imported.
+
+def verbs() -> list[Verb]:
+    """All installed verbs, sorted by name (imports every verb's module)."""
+    return [Verb(p.name, p.load()) for p in _points()]
+
+
+def verb_summary(point: importlib.metadata.EntryPoint) -> str:
+    """A verb's one-line help, read from its module's source without importing the module.
+
+    Listings (``lse-material --help``, ``lse-material train``) need only these lines, so they
+    do not import every application (nor DOLFINx). Falls back to importing the function.
     """
-    points = importlib.metadata.entry_points(group=VERB_GROUP)
-    chosen = [p for p in points if names is None or p.name in names]
-    return [Verb(p.name, p.load()) for p in sorted(chosen, key=lambda p: p.name)]
+    module, _, name = point.value.partition(":")
+    spec = importlib.util.find_spec(module)
+    if spec is not None and spec.origin and spec.origin.endswith(".py"):
+        for node in ast.parse(Path(spec.origin).read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.FunctionDef) and node.name == name:
+                return (ast.get_docstring(node) or "").split("\n")[0]
+    return parse_docstring(point.load()).summary
 
 
-def _requested(argv: list[str]) -> set[str] | None:
-    """The verb names ``argv`` needs: the one it selects, a group's verbs, or None (all).
-
-    Only the selected verb's module is imported, so ``lse-material train schlogl`` does not
-    import the finite-element cases (nor DOLFINx).
-    """
-    names = {p.name for p in importlib.metadata.entry_points(group=VERB_GROUP)}
+def _selected(argv: list[str], names: set[str]) -> str | None:
+    """The name of the verb ``argv`` runs, or None (a listing, ``--help`` or an error)."""
     words = [a for a in argv if not a.startswith("-")]
-    if not words:
-        return None
-    if words[0] in names:
-        return {words[0]}
-    if words[0] in GROUPS:
-        if len(words) > 1 and f"{words[0]}.{words[1]}" in names:
-            return {f"{words[0]}.{words[1]}"}
-        return {n for n in names if n.startswith(words[0] + ".")}
+    if words and words[0] in names:
+        return words[0]
+    if len(words) > 1 and f"{words[0]}.{words[1]}" in names:
+        return f"{words[0]}.{words[1]}"
     return None
 
 
@@ -187,6 +196,8 @@ def add_verb(subparsers: argparse._SubParsersAction, verb: Verb) -> argparse.Arg
             raise TypeError(f"verb {verb.name}: *args/**kwargs cannot become options")
         options = _argument(verb.name, parameter, hints.get(parameter.name, str))
         text = doc.parameters.get(parameter.name)
+        if text is not None:
+            text = text.replace("%", "%%")  # argparse formats help texts with %
         if text is not None and options.get("default") not in (None, ()):
             text += " (default: %(default)s)"
         if parameter.kind is parameter.KEYWORD_ONLY:
@@ -202,7 +213,11 @@ def add_verb(subparsers: argparse._SubParsersAction, verb: Verb) -> argparse.Arg
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
-    """The parser: one sub-parser per installed verb, or only those ``argv`` needs."""
+    """The parser of all installed verbs (``argv=None``), or the one ``argv`` runs.
+
+    With ``argv`` only the selected verb's module is imported and given its options; the
+    other verbs are listed with their one-line help (``verb_summary``).
+    """
     parser = argparse.ArgumentParser(
         prog="lse-material", description="LSE-ICNN multi-well constitutive laws for DOLFINx."
     )
@@ -213,14 +228,20 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     for name, help_text in GROUPS.items():
         group = top.add_parser(name, help=help_text)
         groups[name] = group.add_subparsers(dest="what", metavar="WHAT", required=True)
-    for verb in verbs(None if argv is None else _requested(argv)):
-        group, _, what = verb.name.rpartition(".")
+    points = _points()
+    chosen = None if argv is None else _selected(argv, {p.name for p in points})
+    for point in points:
+        group, _, what = point.name.rpartition(".")
         if group and group not in groups:
             raise ValueError(
-                f"verb {verb.name!r}: unknown group {group!r}; use one of {sorted(GROUPS)} "
+                f"verb {point.name!r}: unknown group {group!r}; use one of {sorted(GROUPS)} "
                 "or a name without a dot"
             )
-        add_verb(groups[group] if group else top, verb)
+        subparsers = groups[group] if group else top
+        if argv is None or point.name == chosen:
+            add_verb(subparsers, Verb(point.name, point.load()))
+        else:  # listed only: its module is imported when the verb is chosen
+            subparsers.add_parser(what, help=verb_summary(point))
     return parser
 
 

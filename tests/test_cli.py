@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import subprocess
+import sys
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -13,7 +16,17 @@ from lse_material.training.data.one_d import FUNCTIONS
 from lse_material.training.one_d import FunctionName
 
 import lse_material
-from lse_material.cli import GROUPS, Verb, add_verb, build_parser, main, parse_docstring, verbs
+from lse_material.cli import (
+    GROUPS,
+    VERB_GROUP,
+    Verb,
+    add_verb,
+    build_parser,
+    main,
+    parse_docstring,
+    verb_summary,
+    verbs,
+)
 
 EXPECTED = {
     "fit-1d",
@@ -179,8 +192,23 @@ def test_version_and_bad_input(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("lse-material: error: "), err
 
 
-def test_only_the_selected_verb_is_loaded():
-    train = _subparser(build_parser(["train", "schlogl", "--out", "x"]), "train")
-    assert set(_subparser(train, "WHAT").choices) == {"schlogl"}
+def test_only_the_selected_verb_is_imported():
+    script = (
+        "import sys\n"
+        "from lse_material.cli import build_parser\n"
+        "build_parser(['train', 'schlogl', '--out', 'x']).parse_args(['train', 'schlogl', '--out', 'x'])\n"
+        "build_parser(['--help'])\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith(('lse_material.fem.', 'lse_material.fem_cases.', 'dolfinx')))\n"
+        "assert loaded == [], loaded\n"
+        "assert 'lse_material.training.schlogl' in sys.modules\n"
+        "assert 'lse_material.training.gene_circuit' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
     train = _subparser(build_parser(["train", "--help"]), "train")
-    assert set(_subparser(train, "WHAT").choices) >= {"schlogl", "gene-circuit"}
+    assert set(_subparser(train, "WHAT").choices) >= {"schlogl", "gene-circuit", "metamaterial"}
+
+
+@pytest.mark.parametrize("verb", verbs(), ids=lambda v: v.name)
+def test_listed_summary_read_without_import_is_the_docstrings(verb: Verb):
+    (point,) = [p for p in entry_points(group=VERB_GROUP) if p.name == verb.name]
+    assert verb_summary(point) == parse_docstring(verb.function).summary
