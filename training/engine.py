@@ -38,7 +38,7 @@ import time
 import tomllib
 import typing
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields, is_dataclass, replace
+from dataclasses import MISSING, asdict, dataclass, fields, is_dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -169,7 +169,7 @@ class FitConfig:
 @dataclass(frozen=True)
 class OutputConfig:
     """plots: write the PNGs; log_every: epochs between history records, validation losses and
-    log lines; checkpoint_every: epochs between checkpoints (0: only on interrupts)."""
+    log lines (when stderr is not a terminal; on one, a progress bar); checkpoint_every: epochs between checkpoints (0: only on interrupts)."""
 
     plots: bool = True
     log_every: int = 100
@@ -247,8 +247,6 @@ def _build(cls, mapping, prefix: str):
 
 
 def _required(f) -> bool:
-    from dataclasses import MISSING
-
     return f.default is MISSING and f.default_factory is MISSING
 
 
@@ -509,7 +507,9 @@ def _run_phases(model: LSEICNN, problem: _Problem, config: TrainConfig, out: Pat
         patience=f.early_stopping,
         start=int(math.ceil((f.sparsify_after + f.ramp) * f.epochs)),
     )
-    options = f.options(log_every=o.log_every, checkpoint_every=o.checkpoint_every)
+    options = f.options(
+        log_every=o.log_every, report_every=o.log_every, checkpoint_every=o.checkpoint_every
+    )
     with _Signals(monitor):
         history = fit(
             model,
@@ -635,29 +635,17 @@ def _minima(model: LSEICNN, box: dict) -> list[dict[str, float]]:
     return [m.location for m in found.minima if m.in_box]
 
 
-def train(
-    config: TrainConfig, *, out: str | Path, overwrite: bool = False, resume: bool = False
-) -> TrainResult:
-    """Train on ``config.data``; write ``out/model.safetensors``, ``summary.json``, plots.
+class _Evaluation(NamedTuple):
+    model: LSEICNN  # the best member, on the CPU
+    wells: object  # its lse_material.wells.WellAnalysis
+    summary: dict
+    problem: _Problem  # on the CPU
 
-    Every input check runs before anything is written. ``resume`` continues the run in
-    ``out`` from its checkpoint (the config and data file must be unchanged); ``overwrite``
-    replaces a run there. Raises TrainingInterrupted on SIGINT/SIGTERM (checkpoint saved).
-    """
-    if overwrite and resume:
-        raise ValueError("choose one of --overwrite (start afresh) and --resume (continue).")
-    out = Path(out)
-    device = resolve_device(config.fit.device)
-    data = load_data(config.data)
-    split = split_rows(data, config.data)
-    problem = _problem(data, split, config.data, device)
-    record = _run_record(config, data)
-    _prepare_out(out, record, overwrite=overwrite, resume=resume)
-    if config.fit.threads:
-        torch.set_num_threads(config.fit.threads)
-    model = _new_model(config, problem, device)
-    phases = _run_phases(model, problem, config, out)
 
+def _evaluate(
+    model: LSEICNN, problem: _Problem, phases: _Phases, config: TrainConfig, data, split
+) -> _Evaluation:
+    """The best member (by validation loss), its well analysis and the summary dict."""
     box = {
         n: [float(lo), float(hi)]
         for n, lo, hi in zip(config.data.inputs, data.x.min(0).values, data.x.max(0).values)
@@ -691,21 +679,49 @@ def train(
         * phases.fit_seconds
         / (phases.monitor["stopped"] or config.fit.epochs),
         "seconds": phases.seconds,
-        "device": str(device),
+        "device": str(problem.train.x.device),
         "data_file": str(data.path),
         "data_sha256": data.sha256,
+        "training_box": box,
     }
+    return _Evaluation(single, wells, summary, cpu_problem)
+
+
+def train(
+    config: TrainConfig, *, out: str | Path, overwrite: bool = False, resume: bool = False
+) -> TrainResult:
+    """Train on ``config.data``; write ``out/model.safetensors``, ``summary.json``, plots.
+
+    Every input check runs before anything is written. ``resume`` continues the run in
+    ``out`` from its checkpoint (the config and data file must be unchanged); ``overwrite``
+    replaces a run there. Raises TrainingInterrupted on SIGINT/SIGTERM (checkpoint saved).
+    """
+    if overwrite and resume:
+        raise ValueError("choose one of --overwrite (start afresh) and --resume (continue).")
+    out = Path(out)
+    device = resolve_device(config.fit.device)
+    data = load_data(config.data)
+    split = split_rows(data, config.data)
+    problem = _problem(data, split, config.data, device)
+    record = _run_record(config, data)
+    _prepare_out(out, record, overwrite=overwrite, resume=resume)
+    if config.fit.threads:
+        torch.set_num_threads(config.fit.threads)
+    model = _new_model(config, problem, device)
+    phases = _run_phases(model, problem, config, out)
+
+    single, wells, summary, cpu_problem = _evaluate(model, problem, phases, config, data, split)
     lse_material.save(
         single,
         out / "model.safetensors",
         input_units=list(config.data.input_units),
         output={"name": config.data.energy or "psi", "units": config.data.energy_units},
-        training_box=box,
-        metrics=metrics,
+        training_box=summary["training_box"],
+        metrics=summary["metrics"],
         training={
             "engine": "lse-material train data",
             **record,
-            "seed": best,
+            "seed": summary["best_seed"],
             "rows": summary["rows"],
         },
     )
