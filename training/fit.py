@@ -38,6 +38,7 @@ __all__ = [
     "fold_gates",
     "prepare_output",
     "prune_by_elimination",
+    "r2_score",
     "resolve_device",
 ]
 
@@ -282,6 +283,13 @@ def _save_checkpoint(path, model, optimizer, epoch: int, result: FitResult, call
 def mean_squared(residual: torch.Tensor, dims: int) -> torch.Tensor:
     """Mean of ``residual²`` over its last ``dims`` dimensions (per ensemble member)."""
     return residual.pow(2).mean(dim=tuple(range(-dims, 0)))
+
+
+def r2_score(pred: torch.Tensor, true: torch.Tensor) -> float:
+    """Coefficient of determination of ``pred`` against ``true`` over all entries (flattened,
+    columns pooled): ``1 - Σ(pred - true)² / Σ(true - mean(true))²``."""
+    pred, true = pred.reshape(-1), true.reshape(-1)
+    return float(1 - (pred - true).pow(2).sum() / (true - true.mean()).pow(2).sum())
 
 
 class EliminationResult(NamedTuple):

@@ -26,6 +26,7 @@ from lse_material.training.fit import (
     FitResult,
     fit,
     prepare_output,
+    r2_score,
     resolve_device,
 )
 
@@ -46,7 +47,6 @@ from lse_material.potential import as_float64_tensor
 __all__ = [
     "MetamaterialTraining",
     "ReferenceLaw",
-    "r2_score",
     "train_metamaterial",
 ]
 
@@ -59,12 +59,6 @@ ANNEAL = 0.15  # fraction of the epochs trained at lr/10 at the end [ours]
 class MetamaterialTraining(NamedTuple):
     summary: dict
     model: HiddenStateMaterial
-
-
-def r2_score(pred: torch.Tensor, true: torch.Tensor) -> float:
-    """Coefficient of determination over all entries (flattened)."""
-    pred, true = pred.reshape(-1), true.reshape(-1)
-    return float(1 - (pred - true).pow(2).sum() / (true - true.mean()).pow(2).sum())
 
 
 # --------------------------------------------------------------------------- reference law
