@@ -18,7 +18,6 @@ from lse_material.fem._dolfinx import dolfinx
 from lse_material.fem.newton import LawNewtonSolver
 from lse_material.fem.state_law import QuadratureStateLaw
 from lse_material.hidden_state import tensor_to_voigt
-from tests.conftest import FULL
 
 pytestmark = pytest.mark.fem
 ROOT = Path(__file__).resolve().parents[1]
@@ -179,23 +178,42 @@ def test_serial_and_two_ranks_give_the_same_forces(tmp_path):
     assert np.allclose(parallel["force"], serial["force"], rtol=1e-8, atol=1e-12)
 
 
-@pytest.mark.slow
-def test_model_force_curve_within_ten_percent_of_the_reference(tmp_path):
-    """Issue 5's figure. Small runs: a short training, the pipeline only; LSE_FULL=1: ≤ 10 %."""
-    model = train_metamaterial(out=tmp_path / "m", epochs=3000 if FULL else 20, plots=False)
-    del model
-    options = {} if FULL else SMALL
-    ref = simulate_metamaterial(out=tmp_path / "ref", reference=True, **options)
+# A two-phase training small enough for CI, and the figures it must reach: measured on 1 thread
+# (R² 0.86, force-curve difference 0.20 on the SMALL bar, about 80 s for training and both runs),
+# loosened for margin. LSE_FULL=1 asserts issue 5's full figures (the slow tests).
+CI_TRAINING = {"trajectories": 60, "epochs": 400}
+CI_R2, CI_FORCE = 0.75, 0.30
+
+
+def test_ci_sized_training_reaches_loosened_figures(tmp_path):
+    """Issue 5's figures at CI size: held-out R² ≥ CI_R2, FE force curve within CI_FORCE."""
+    result = train_metamaterial(out=tmp_path / "m", **CI_TRAINING)
+    for name in ("model.safetensors", "summary.json", "parity.png", "loops.png", "history.json"):
+        assert (tmp_path / "m" / name).exists(), name
+    assert result.summary["test_r2_stress"] >= CI_R2, result.summary["test_r2_stress"]
+    ref = simulate_metamaterial(out=tmp_path / "ref", reference=True, **SMALL)
     run = simulate_metamaterial(
         out=tmp_path / "fe",
         model=tmp_path / "m" / "model.safetensors",
         compare=tmp_path / "ref",
-        **options,
+        **SMALL,
     )
     difference = run.summary["force_difference_vs_compare"]
     assert difference == force_difference(run.summary, ref.summary)
-    if FULL:
-        assert difference <= 0.10
+    assert difference <= CI_FORCE, difference
+
+
+@pytest.mark.slow
+def test_model_force_curve_within_ten_percent_of_the_reference(tmp_path):
+    """Issue 5's figure at full size (LSE_FULL=1): the CLI's default training, the full bar."""
+    train_metamaterial(out=tmp_path / "m", plots=False)
+    ref = simulate_metamaterial(out=tmp_path / "ref", reference=True)
+    run = simulate_metamaterial(
+        out=tmp_path / "fe", model=tmp_path / "m" / "model.safetensors", compare=tmp_path / "ref"
+    )
+    difference = run.summary["force_difference_vs_compare"]
+    assert difference == force_difference(run.summary, ref.summary)
+    assert difference <= 0.10
 
 
 def test_bad_options_raise(tmp_path):
