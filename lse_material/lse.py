@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -38,6 +39,12 @@ def _take(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 class LSEICNN(nn.Module):
     """Log-sum-exp mixture of ``n_modes`` ICNNs.
 
+    With ``groups`` (a group index per mode) the mixture is a nested LSE [ours]: a smooth
+    minimum with its own ρ_g inside each group, ``V_g = -(1/ρ_g) log Σ_{i∈g} g_i exp(-ρ_g W_i)``,
+    and ``W = -(1/ρ) log Σ_g exp(-ρ V_g)`` across groups, so two kinds of transition (e.g. a
+    broad chemical one between phases and sharp ridges between the variants of one phase)
+    need not share one sharpness. ``groups=None`` is the paper's single ρ.
+
     Args:
         n_inputs: input dimension ``d``.
         n_modes: number of modes ``N`` (the sparse regression switches the unneeded off).
@@ -45,6 +52,8 @@ class LSEICNN(nn.Module):
         ensemble: number of independent copies (seed ensembles), or None for one model.
         input_names: names of the ``d`` inputs, in column order.
         rho: start value of ρ; gate_weight: start value of every ``w_i``.
+        groups: group index ``0..G-1`` of each mode (nested LSE), or None (one ρ).
+        group_rho: start value of every ρ_g (only with ``groups``).
         generator: torch.Generator for reproducible initialisation.
     """
 
@@ -58,12 +67,14 @@ class LSEICNN(nn.Module):
         input_names: Sequence[str] | None = None,
         rho: float = 1.0,
         gate_weight: float = 1.0,
+        groups: Sequence[int] | None = None,
+        group_rho: float = 10.0,
         dtype: torch.dtype = torch.float64,
         generator: torch.Generator | None = None,
     ):
         super().__init__()
-        if rho <= 0:
-            raise ValueError(f"rho must be positive, got {rho}.")
+        if rho <= 0 or group_rho <= 0:
+            raise ValueError(f"rho and group_rho must be positive, got {rho} and {group_rho}.")
         self.modes = ICNNStack(
             n_inputs, n_modes, tuple(hidden), ensemble=ensemble, dtype=dtype, generator=generator
         )
@@ -82,6 +93,19 @@ class LSEICNN(nn.Module):
         # ρ = exp(ρ̃): positive, and Adam's bounded steps change it by a relative amount, so it
         # can travel from 1 to 100 as easily as from 0.1 to 1 [ours; SPEC suggests softplus].
         self.rho_raw = nn.Parameter(torch.full(lead, math.log(rho), dtype=dtype))
+        self.groups = _check_groups(groups, n_modes)
+        n_groups = 1 if self.groups is None else max(self.groups) + 1
+        # Nested LSE [ours]: each group of modes has its own transition sharpness ρ_g (inner
+        # smooth minimum), and ρ joins the groups (outer). One group = the paper's form.
+        self.register_buffer(
+            "mode_group",
+            torch.tensor(self.groups or [0] * n_modes, dtype=torch.int64),
+            persistent=False,  # rebuilt from the architecture
+        )
+        if self.groups is not None:
+            self.group_rho_raw = nn.Parameter(
+                torch.full((*lead, n_groups), math.log(group_rho), dtype=dtype)
+            )
         self.register_buffer("input_shift", torch.zeros(n_inputs, dtype=dtype))
         self.register_buffer("input_scale", torch.ones(n_inputs, dtype=dtype))
         self.register_buffer("energy_shift", torch.zeros((), dtype=dtype))
@@ -103,6 +127,22 @@ class LSEICNN(nn.Module):
     def rho(self) -> torch.Tensor:
         """ρ > 0 (in normalised energy units), shape ``ensemble_shape``."""
         return torch.exp(self.rho_raw)
+
+    def group_rho(self) -> torch.Tensor:
+        """ρ_g of each group, ``(*ensemble, G)`` (nested LSE; ρ itself for one group)."""
+        if self.groups is None:
+            return self.rho().unsqueeze(-1)
+        return torch.exp(self.group_rho_raw)
+
+    def mode_rho(self) -> torch.Tensor:
+        """The ρ of the smooth minimum each mode enters first, ``(*ensemble, N)``: its group's
+        ρ_g (so a gate acts as the shift ``-log(g_i)/ρ_g`` of its mode)."""
+        return self.group_rho()[..., self.mode_group]
+
+    def gate_parameters(self) -> list[nn.Parameter]:
+        """The parameters of the second optimiser group: the gates and the ρs."""
+        extra = [] if self.groups is None else [self.group_rho_raw]
+        return [self.gate_weights, self.rho_raw, *extra]
 
     def gates(self) -> torch.Tensor:
         """g(w), ``(*ensemble, N)``."""
@@ -151,6 +191,24 @@ class LSEICNN(nn.Module):
         centers = torch.stack([_take(xn, i).squeeze(-2) for i in idx], dim=-2)  # (.., N, d)
         self.modes.center_on(centers)
 
+    @torch.no_grad()
+    def place_modes(self, centers: torch.Tensor) -> None:
+        """Start mode i as a convex bowl with its minimum at ``centers[.., i, :]`` [ours].
+
+        centers: ``(*ensemble, N, d)`` or ``(N, d)`` in physical units (e.g. well candidates:
+        data points where the measured fluxes are small). The pre-activations vanish at the
+        centre (``ICNNStack.center_on``) and the output's linear term is shifted so that the
+        mode's gradient is zero there: a convex function is then at its minimum.
+        """
+        c = self._normalize(centers)
+        if c.ndim == 2 and self.ensemble_shape:
+            c = c.expand(*self.ensemble_shape, *c.shape)
+        self.modes.center_on(c)
+        # Mode i at every centre, (.., N, N, d) -> its own centre: the diagonal.
+        gradient = self.modes.derivatives(c, hessian=False).gradient
+        own = torch.diagonal(gradient, dim1=-3, dim2=-2).transpose(-1, -2)  # (.., N, d)
+        self.modes.out_x.sub_(own)
+
     def _log_gates(self) -> torch.Tensor:
         """log g(w) with exact -inf for closed gates (their modes drop out exactly)."""
         g = self.gates()
@@ -170,27 +228,39 @@ class LSEICNN(nn.Module):
         open_ = self.gates() > 0
         return None if bool(open_.all()) else torch.nonzero(open_).flatten()
 
-    def _logits(self, x_n: torch.Tensor, mode_values: torch.Tensor, index) -> torch.Tensor:
-        """``log g - ρ W`` for the evaluated modes, ``(.., N_eval, P)``."""
+    def _mixture(self, mode_values: torch.Tensor, index) -> Mixture:
+        """The smooth minimum of the evaluated modes ``(.., N_eval, P)`` (network units)."""
         log_g = self._log_gates() if index is None else self._log_gates()[index]
-        return log_g.unsqueeze(-1) - self.rho()[..., None, None] * mode_values
+        group = self.mode_group if index is None else self.mode_group[index]
+        rho_mode = self.mode_rho() if index is None else self.mode_rho()[..., index]
+        logits = log_g.unsqueeze(-1) - rho_mode.unsqueeze(-1) * mode_values  # (.., N_eval, P)
+        if self.groups is None:
+            rho = self.rho().unsqueeze(-1)
+            return Mixture(-torch.logsumexp(logits, dim=-2) / rho, torch.softmax(logits, -2), None)
+        member = group == torch.arange(self.group_rho().shape[-1], device=group.device)[:, None]
+        inner = torch.logsumexp(  # log Σ_{i∈g} g_i exp(-ρ_g W_i), (.., G, P)
+            logits.unsqueeze(-3).masked_fill(~member[..., None], -math.inf), dim=-2
+        )
+        outer = (self.rho().unsqueeze(-1) / self.group_rho()).unsqueeze(-1) * inner  # -ρ V_g
+        energy = -torch.logsumexp(outer, dim=-2) / self.rho().unsqueeze(-1)
+        p_group = torch.softmax(outer, dim=-2)  # (.., G, P); an empty group has weight 0
+        conditional = torch.exp(logits - inner.index_select(-2, group)).nan_to_num(0.0)
+        return Mixture(energy, p_group.index_select(-2, group) * conditional, conditional)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Energy in physical units; x ``(*ensemble, P, d)`` or ``(P, d)`` -> ``(*ensemble, P)``.
 
         Differentiable by autograd (the training path and the test oracle).
         """
-        rho = self.rho().unsqueeze(-1)
         index = self._open_modes()
         x_n = self._normalize(x)
-        logits = self._logits(x_n, self.modes(x_n, index), index)
-        w = -torch.logsumexp(logits, dim=-2) / rho
+        w = self._mixture(self.modes(x_n, index), index).energy
         return self.energy_scale * w + self.energy_shift
 
     def phase_weights(self, x: torch.Tensor) -> torch.Tensor:
         """``p_i(x) = softmax_i(log g_i - ρ W_i)``, ``(*ensemble, P, N)``: which well a point is in."""
         x_n = self._normalize(x)
-        return torch.softmax(self._logits(x_n, self.modes(x_n), None), dim=-2).transpose(-1, -2)
+        return self._mixture(self.modes(x_n), None).weights.transpose(-1, -2)
 
     def derivatives(self, x, *, hessian: bool = True, wrt=None) -> EnergyDerivatives:
         """Energy, gradient, Hessian and phase weights in one closed-form pass (SPEC §1).
@@ -200,7 +270,9 @@ class LSEICNN(nn.Module):
         others are held at their values), ``k`` of them. Returns ``energy (.., P)``,
         ``gradient (.., P, k)``, ``hessian (.., P, k, k)``, ``phase_weights (.., P, N)``, in
         physical units: ``∇W = Σ p_i ∇W_i``,
-        ``∇²W = Σ p_i ∇²W_i - ρ (Σ p_i ∇W_i ∇W_iᵀ - ∇W ∇Wᵀ)``.
+        ``∇²W = Σ p_i ∇²W_i - ρ (Σ p_i ∇W_i ∇W_iᵀ - ∇W ∇Wᵀ)``; for a nested LSE
+        ``∇²W = Σ_i p_i (∇²W_i - ρ_g(i) D_i D_iᵀ) - ρ Σ_g P_g (∇V_g - ∇W)(∇V_g - ∇W)ᵀ`` with
+        ``D_i = ∇W_i - ∇V_g(i)``, ``P_g`` the group weights and ``p_i = P_g(i) p_i|g``.
         """
         if not self.ensemble_shape:
             p0 = next(self.parameters())
@@ -208,28 +280,45 @@ class LSEICNN(nn.Module):
         wrt = _input_indices(wrt, self.n_inputs, x.device)
         if self._native_applies(x):
             return self._native_derivatives(x, hessian, wrt)
-        rho = self.rho()
         index = self._open_modes()
         x_n = self._normalize(x)
         modes = self.modes.hessian_parts(x_n, self._derivative_weights(index, wrt), hessian=hessian)
-        logits = self._logits(x_n, modes.energy, index)  # (.., N_eval, P)
-        energy = -torch.logsumexp(logits, dim=-2) / rho.unsqueeze(-1)
-        energy = self.energy_scale * energy + self.energy_shift
-        p = torch.softmax(logits, dim=-2)  # (.., N_eval, P)
+        mix = self._mixture(modes.energy, index)
+        energy = self.energy_scale * mix.energy + self.energy_shift
+        p = mix.weights  # (.., N_eval, P)
         grad = torch.einsum("...np,...npk->...pk", p, modes.gradient)  # network energy units
         hess = None
         if hessian:
-            # Σ_i p_i ∇W_i ∇W_iᵀ - ∇W ∇Wᵀ = Σ_i p_i D_i D_iᵀ with D_i = ∇W_i - ∇W.
-            m = self.energy_scale * p
-            D = modes.gradient - grad.unsqueeze(-3)
-            spread = ((rho[..., None, None] * m).unsqueeze(-1) * D).unsqueeze(-1) * D.unsqueeze(-2)
-            hess = modes.hessian(m) - spread.sum(-4)
+            hess = modes.hessian(self.energy_scale * p) - self._spread(
+                modes.gradient, grad, mix, index
+            )
         grad = self.energy_scale * grad
         if index is not None:  # closed modes have phase weight exactly 0
             p = torch.zeros(self.n_modes, p.shape[-1], dtype=p.dtype, device=p.device).index_copy(
                 0, index, p
             )
         return EnergyDerivatives(energy, grad, hess, p.transpose(-1, -2))
+
+    def _spread(self, mode_grad, grad, mix: Mixture, index) -> torch.Tensor:
+        """The negative semi-definite part of ∇²W (physical units), ``(.., P, k, k)``:
+        ``Σ_i p_i ρ_g(i) D_i D_iᵀ`` (+ the outer term between groups), D as in ``derivatives``."""
+        rho_mode = self.mode_rho() if index is None else self.mode_rho()[..., index]
+        if self.groups is None:
+            D = mode_grad - grad.unsqueeze(-3)
+        else:
+            group = self.mode_group if index is None else self.mode_group[index]
+            n_groups = self.group_rho().shape[-1]
+            member = (group == torch.arange(n_groups, device=group.device)[:, None]).to(grad.dtype)
+            group_grad = torch.einsum("gn,...np,...npk->...gpk", member, mix.conditional, mode_grad)
+            D = mode_grad - group_grad.index_select(-3, group)
+        m = (self.energy_scale * rho_mode).unsqueeze(-1) * mix.weights  # (.., N_eval, P)
+        spread = torch.einsum("...np,...npk,...npl->...pkl", m, D, D)
+        if self.groups is not None:
+            E = group_grad - grad.unsqueeze(-3)
+            p_group = torch.einsum("gn,...np->...gp", member, mix.weights)  # P_g
+            w = (self.energy_scale * self.rho()).unsqueeze(-1).unsqueeze(-1) * p_group
+            spread = spread + torch.einsum("...gp,...gpk,...gpl->...pkl", w, E, E)
+        return spread
 
     def _derivative_weights(self, index, wrt) -> DerivativeWeights:
         """``ICNNStack.derivative_weights`` for the open modes, derivatives in physical units."""
@@ -260,6 +349,8 @@ class LSEICNN(nn.Module):
     def _native_applies(self, x: torch.Tensor) -> bool:
         """The fused kernel serves single float64 CPU models when no autograd graph is needed."""
         if self.ensemble_shape or x.device.type != "cpu" or x.dtype != torch.float64:
+            return False
+        if self.groups is not None:  # the kernel implements the paper's single ρ
             return False
         if len(self.modes.hidden) > _native.MAX_LAYERS or self.n_modes > _native.MAX_MODES:
             return False
@@ -314,6 +405,7 @@ class LSEICNN(nn.Module):
             "hidden": list(self.modes.hidden),
             "input_names": list(self.input_names),
             "dtype": str(self.gate_weights.dtype).removeprefix("torch."),
+            **({} if self.groups is None else {"groups": list(self.groups)}),
         }
 
     @classmethod
@@ -323,6 +415,7 @@ class LSEICNN(nn.Module):
             int(arch["n_modes"]),
             tuple(int(h) for h in arch["hidden"]),
             input_names=arch["input_names"],
+            groups=arch.get("groups"),
             dtype=getattr(torch, arch.get("dtype", "float64")),
         )
 
@@ -342,6 +435,7 @@ class LSEICNN(nn.Module):
             self.n_modes,
             self.modes.hidden,
             input_names=self.input_names,
+            groups=self.groups,
             dtype=self.gate_weights.dtype,
         ).to(self.gate_weights.device)
         state = {
@@ -349,6 +443,33 @@ class LSEICNN(nn.Module):
         }
         single.load_state_dict(state)
         return single
+
+
+class Mixture(NamedTuple):
+    """The smooth minimum of the evaluated modes: energy ``(.., P)`` (network units), the phase
+    weights ``(.., N_eval, P)`` and, for a nested LSE, the weights within each group
+    ``p_i|g`` ``(.., N_eval, P)`` (None for one ρ)."""
+
+    energy: torch.Tensor
+    weights: torch.Tensor
+    conditional: torch.Tensor | None
+
+
+def _check_groups(groups, n_modes: int) -> tuple[int, ...] | None:
+    """``groups`` as a tuple of group indices 0..G-1 (each used), or None."""
+    if groups is None:
+        return None
+    values = tuple(int(g) for g in groups)
+    if (
+        len(values) != n_modes
+        or min(values, default=0) < 0
+        or set(values) != set(range(max(values) + 1))
+    ):
+        raise ValueError(
+            f"groups must give each of the {n_modes} modes a group index 0..G-1, every index "
+            f"used; got {list(groups)}."
+        )
+    return values
 
 
 def _as_key(index: torch.Tensor | None):

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+import lse_material
 from lse_material import LSEICNN, ICNNStack, _native
 from lse_material.potential import AnalyticPotential
 from tests.conftest import EPS, autograd_derivatives
@@ -204,3 +205,81 @@ def test_fused_kernel_on_one_point_and_on_none():
     assert one.hessian.shape == (1, 3, 3)
     none = model.derivatives(torch.zeros(0, 3, dtype=torch.float64))
     assert none.energy.shape == (0,) and none.hessian.shape == (0, 3, 3)
+
+
+@pytest.mark.parametrize("ensemble", [None, 3])
+def test_nested_lse_derivatives_match_autograd(ensemble):
+    """A nested LSE (groups with their own ρ_g) in closed form vs autograd: energy, gradient,
+    Hessian, phase weights summing to one; a closed gate and a subset of inputs included."""
+    model = LSEICNN(
+        4,
+        5,
+        (6, 5),
+        groups=[0, 1, 1, 0, 1],
+        rho=0.7,
+        group_rho=3.0,
+        ensemble=ensemble,
+        generator=torch.Generator().manual_seed(1),
+    )
+    with torch.no_grad():
+        model.gate_weights.uniform_(0.2, 2.0, generator=torch.Generator().manual_seed(2))
+        model.group_rho_raw.add_(0.3 * torch.randn_like(model.group_rho_raw))
+        if ensemble is None:
+            model.gate_weights[2] = 0.0  # a closed mode drops out exactly
+    model.set_normalization(input_shift=0.1, input_scale=1.5, energy_scale=2.0, energy_shift=0.3)
+    lead = () if ensemble is None else (ensemble,)
+    x = torch.randn(*lead, 7, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        d = model.derivatives(x)
+    xr = x.clone().requires_grad_(True)
+    energy = model(xr)
+    (grad,) = torch.autograd.grad(energy.sum(), xr, create_graph=True)
+    hess = torch.stack(
+        [torch.autograd.grad(grad[..., j].sum(), xr, retain_graph=True)[0] for j in range(4)], -2
+    )
+    tol = 100 * torch.finfo(torch.float64).eps
+    torch.testing.assert_close(d.energy, energy.detach(), rtol=tol, atol=tol)
+    torch.testing.assert_close(d.gradient, grad.detach(), rtol=tol, atol=tol)
+    torch.testing.assert_close(d.hessian, hess, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(d.phase_weights.sum(-1), torch.ones_like(d.energy))
+    if ensemble is None:
+        assert float(d.phase_weights[:, 2].abs().max()) == 0.0
+        part = model.derivatives(x, wrt=[1, 3])
+        torch.testing.assert_close(part.hessian, hess[:, [1, 3]][:, :, [1, 3]])
+
+
+def test_nested_lse_with_one_mode_per_group_is_the_smooth_minimum_of_the_groups():
+    """Groups of one mode: the inner ρ_g only shifts a gate, and the outer LSE is the paper's."""
+    nested = LSEICNN(
+        3, 3, (4,), groups=[0, 1, 2], rho=0.5, generator=torch.Generator().manual_seed(4)
+    )
+    plain = LSEICNN(3, 3, (4,), rho=0.5, generator=torch.Generator().manual_seed(4))
+    plain.load_state_dict({k: v for k, v in nested.state_dict().items() if k != "group_rho_raw"})
+    with torch.no_grad():  # open gates of g = 1 so the inner shifts vanish
+        nested.gate_weights.fill_(50.0)
+        plain.gate_weights.fill_(50.0)
+    x = torch.randn(9, 3, dtype=torch.float64)
+    torch.testing.assert_close(nested(x), plain(x))
+
+
+def test_place_modes_puts_each_mode_minimum_on_its_centre():
+    for ensemble in (None, 2):
+        model = LSEICNN(3, 4, (5, 5), ensemble=ensemble, generator=torch.Generator().manual_seed(0))
+        model.set_normalization(input_shift=0.5, input_scale=2.0)
+        centres = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+        model.place_modes(centres)
+        lead = () if ensemble is None else (ensemble,)
+        modes = model.modes.derivatives(model._normalize(centres).expand(*lead, 4, 3))
+        own = torch.diagonal(modes.gradient, dim1=-3, dim2=-2)
+        assert float(own.abs().max()) < 1e-12  # stationary, and convex: the minimum
+
+
+def test_groups_are_validated_and_saved(tmp_path):
+    with pytest.raises(ValueError, match="groups must give each of the 3 modes"):
+        LSEICNN(2, 3, (4,), groups=[0, 2, 2])
+    model = LSEICNN(2, 3, (4,), groups=[0, 1, 1])
+    path = lse_material.save(model, tmp_path / "nested.safetensors")
+    loaded = lse_material.load(path)
+    assert loaded.groups == (0, 1, 1)
+    x = torch.randn(5, 2, dtype=torch.float64)
+    torch.testing.assert_close(loaded(x), model(x).detach())

@@ -139,11 +139,11 @@ class FitResult:
 
 
 def _parameter_groups(model: torch.nn.Module, lse: LSEICNN, options: FitOptions):
-    gate_ids = {id(lse.gate_weights), id(lse.rho_raw)}
+    gate_ids = {id(p) for p in lse.gate_parameters()}
     network = [p for p in model.parameters() if id(p) not in gate_ids]
     return [
         {"params": network, "lr": options.lr_network},
-        {"params": [lse.gate_weights, lse.rho_raw], "lr": options.lr_gates},
+        {"params": lse.gate_parameters(), "lr": options.lr_gates},
     ]
 
 
@@ -373,7 +373,7 @@ def fold_gates(lse: LSEICNN, gate_weight: float = 1.0) -> None:
     w = lse.gate_weights
     g = lse.gates()
     target = gate(torch.tensor(gate_weight, dtype=w.dtype))
-    rho = lse.rho().unsqueeze(-1)
+    rho = lse.mode_rho()
     shift = torch.where(g > 0, (torch.log(target) - torch.log(g.clamp_min(1e-300))) / rho, 0.0)
     lse.modes.out_bias.add_(shift)
     w.copy_(torch.where(g > 0, torch.full_like(w, gate_weight), torch.zeros_like(w)))
