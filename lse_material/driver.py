@@ -704,13 +704,16 @@ def plot_response(result: DriveResult, file: str | Path) -> Path:
     if ax.lines:
         ax.legend(fontsize=8)
     steps = np.arange(result.time.size)
-    bx.plot(steps, result.min_eigenvalue, label="min eigenvalue of the strain tangent")
-    if result.min_acoustic_det is not None:
-        bx.plot(steps, result.min_acoustic_det, label="min over n of det A(n)")
+    bx.plot(steps, result.min_eigenvalue, color="C0")
+    bx.set_ylabel("min eigenvalue of the strain tangent", color="C0")
     bx.axhline(0.0, color="0.7", lw=0.8)
+    if result.min_acoustic_det is not None:
+        cx = bx.twinx()
+        cx.plot(steps, result.min_acoustic_det, color="C1")
+        cx.set_ylabel("min over n of det A(n)", color="C1")
+        cx.axhline(0.0, color="C1", lw=0.5, ls=":")
     bx.set_xlabel("point")
     bx.set_title("stability along the path")
-    bx.legend(fontsize=8)
     return save_figure(fig, file)
 
 
@@ -765,7 +768,8 @@ def drive(
         ``metamaterial`` (the reference return mapping of SPEC §5).
     path
         a SPEC ``KIND:NAME=START:END:STEPS[:END2:STEPS2 ...]`` (KIND uniaxial-stress: the
-        other strain inputs free at zero flux; uniaxial-strain: held at 0), or a .csv file
+        other strain inputs (all other inputs for a law without the six Voigt strains) free
+        at zero flux; uniaxial-strain: held at 0), or a .csv file
         (columns named by input: prescribed; by flux, e.g. S11: that input free; optional
         time) or a .json file ({"steps", "prescribe", "flux", "free", "time"}).
     out
