@@ -248,25 +248,29 @@ def test_malformed_model_files(tmp_path):
     rng = random.Random(20261201)
     total = sum(count for _, count in FAULTS.values())
     table, worst_rss, worst_seconds, case = {}, 0.0, 0.0, 0
+    print(f"\n  {'fault kind':<38} {'n':>4}  outcomes  worst case: RSS growth, time")
     for kind, (make, weight) in FAULTS.items():
-        outcomes = collections.Counter()
+        outcomes, peak_mb, seconds = collections.Counter(), 0.0, 0.0
         for _ in range(max(1, round(N_CASES * weight / total))):
             path = tmp_path / f"case{case}.safetensors"
             path.write_bytes(make(base, rng, marker))
             t0 = time.perf_counter()
             outcome, growth = _peak_growth(_outcome, path)
             outcomes[outcome] += 1
-            worst_seconds = max(worst_seconds, time.perf_counter() - t0)
-            worst_rss = max(worst_rss, growth)
+            seconds = max(seconds, time.perf_counter() - t0)
+            peak_mb = max(peak_mb, growth)
             path.unlink()
             case += 1
         table[kind] = outcomes
+        worst_rss, worst_seconds = max(worst_rss, peak_mb), max(worst_seconds, seconds)
+        print(
+            f"  {kind:<38} {sum(outcomes.values()):>4}  {dict(outcomes)}  "
+            f"peak +{peak_mb:.1f} MB, {seconds * 1e3:.0f} ms"
+        )
     print(
-        f"\n{case} malformed files; peak RSS growth of a case {worst_rss:.1f} MB; "
-        f"slowest case {worst_seconds:.3f} s"
+        f"{case} malformed files; peak RSS growth of a case {worst_rss:.1f} MB; slowest case "
+        f"{worst_seconds:.3f} s"
     )
-    for kind, outcomes in table.items():
-        print(f"  {kind:<40} {sum(outcomes.values()):>4}  {dict(outcomes)}")
     assert case >= N_CASES
     assert not marker.exists(), "a pickle was unpickled"
     assert _peak_growth(bytearray, 50 * 2**20)[1] > 45  # the measure sees allocations
