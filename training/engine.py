@@ -18,7 +18,8 @@ any key) drives ``train``:
    ``<= tolerance`` or ``<= 1.21×`` the loss before [ours]), optionally a polish without L1;
 4. the member with the smallest validation loss is saved (``model.safetensors`` with the
    training box of the data, input names and units, metrics, the config and the data file's
-   SHA-256); every seed's validation loss, active modes and ρ go to ``summary.json``.
+   SHA-256); every seed's validation loss, active modes, ρ and minima (``lse_material.wells``)
+   go to ``summary.json``, with the saved member's well table (minima, barriers).
 
 Early stopping [ours]: after the L1 ramp, the fit stops once no member's validation loss
 (evaluated every ``output.log_every`` epochs) improved by 0.1 % for ``fit.early_stopping``
@@ -57,6 +58,7 @@ from lse_material.training.fit import (
     fit,
     fold_gates,
     prune_by_elimination,
+    r2_score,
     resolve_device,
 )
 
@@ -597,10 +599,6 @@ def _differences(a, b, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
-def _r2(pred: torch.Tensor, true: torch.Tensor) -> float:
-    return float(1 - (pred - true).pow(2).sum() / (true - true.mean()).pow(2).sum())
-
-
 def _metrics(model: LSEICNN, problem: _Problem, config: DataConfig) -> dict:
     """R² and RMSE of every target column on the training and validation rows (one model)."""
     result = {}
@@ -613,7 +611,7 @@ def _metrics(model: LSEICNN, problem: _Problem, config: DataConfig) -> dict:
         for j, column in enumerate(config.gradients.values()):
             columns[column] = (gradient[:, j], part.gradient[:, j])
         result[name] = {
-            column: {"r2": _r2(p, t), "rmse": float((p - t).pow(2).mean().sqrt())}
+            column: {"r2": r2_score(p, t), "rmse": float((p - t).pow(2).mean().sqrt())}
             for column, (p, t) in columns.items()
         }
     return result
