@@ -59,6 +59,9 @@ __all__ = [
     "drive_law",
     "flux_name",
     "parse_path",
+    "plot_response",
+    "strain_columns",
+    "write_csv",
 ]
 
 _STRAINS = {
@@ -292,7 +295,9 @@ class _PotentialPoint:
         with torch.no_grad():
             d = self.potential.derivatives(torch.as_tensor(x[None], dtype=torch.float64))
         return _Evaluation(
-            d.gradient[0].double().numpy(), d.hessian[0].double().numpy(), float(d.energy[0])
+            d.gradient[0].double().cpu().numpy(),
+            d.hessian[0].double().cpu().numpy(),
+            float(d.energy[0]),
         )
 
     def commit(self) -> None:
@@ -315,7 +320,9 @@ class _StatePoint:
             strain = torch.as_tensor(x[None], dtype=torch.float64)
             r = self.points.trial(strain, dt=dt)
             energy = None if self.energy is None else float(self.energy(strain, r.state)[0])
-        return _Evaluation(r.stress[0].double().numpy(), r.tangent[0].double().numpy(), energy)
+        return _Evaluation(
+            r.stress[0].double().cpu().numpy(), r.tangent[0].double().cpu().numpy(), energy
+        )
 
     def commit(self) -> None:
         self.points.commit()
