@@ -275,3 +275,16 @@ def test_cli_drive(tmp_path, capsys):
     assert saved["model"] == "mechanochemical" and len(saved["S33"]) == 5
     assert main([*args, "--out", str(tmp_path)]) == 2
     assert "neither prescribed nor free" in capsys.readouterr().err
+
+
+def test_drive_model_file(tmp_path):
+    """A saved LSE-ICNN through the verb: the same response as the law object."""
+    from lse_material import save
+
+    law = bowls()
+    save(law, tmp_path / "bowls.safetensors")
+    spec = "uniaxial-strain:E33=0:-0.06:6"
+    result = drive(str(tmp_path / "bowls.safetensors"), path=spec, fix=["c=1"], out=str(tmp_path))
+    direct = drive_law(law, parse_path(spec, NAMES, fix={"c": 1.0}))
+    np.testing.assert_allclose(result.fluxes, direct.fluxes, rtol=1e-12, atol=1e-12)
+    assert (tmp_path / "response.csv").is_file()
