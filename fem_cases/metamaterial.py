@@ -3,9 +3,11 @@
 A bar ``[0, L] × [0, H]`` (2-D plane strain) or ``[0, L] × [0, H]²`` (3-D), small strain, P1
 displacement, one quadrature point per simplex. The law is the trained hidden-state model
 (``--model``) or the data model's return mapping (``--reference``), both through
-``lse_material.fem.state_law.QuadratureStateLaw``: trial steps at quadrature points, the
-algorithmic tangent, ``commit()`` after a converged step, ``revert()`` after a failed one (the
-step is then cut in half and retried).
+``lse_material.fem.QuadratureStateLaw``: trial steps at quadrature points, the algorithmic
+tangent, ``commit()`` after a converged step, ``revert()`` after a failed one (the step is then
+cut in half and retried: ``lse_material.fem.solve_with_cuts``). The time step of the training
+data and the uniaxial-strain modulus κ + 4μ/3 are read from the model file's card (the
+reference: from ``MetamaterialParams``).
 
 Choices [ours], documented:
 - Boundary conditions: u_x = 0 at x = 0, u_x = U(t) at x = L, and rollers (zero normal
@@ -31,31 +33,39 @@ Choices [ours], documented:
 - Newton starts each step from the committed u plus the uniform strain increment
   ``ΔU (x/L) e1`` (it meets the new boundary values; a jump at the end nodes alone would feed
   the first trial a strain far outside the training range).
-- Force: the reaction at x = L, ``R = F(u; w)`` with ``w = (x/L) e1`` (per unit thickness in 2-D),
-  measured after the step is committed (u_n = u: the viscous part is then zero).
+- Force: the reaction at x = L (``lse_material.fem.ReactionForce``: the residual tested with
+  e1 on the dofs of that face; per unit thickness in 2-D), measured after the step is
+  committed (u_n = u: the viscous part is then zero).
+
+Progress: one line per load step on rank 0 (step, t = the step index, the mean strain
+increment Δε̄ of its last sub-step, Newton iterations, reaction force; the bar's law has no
+energy in flux form).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
-from typing import NamedTuple
+from types import SimpleNamespace
+from typing import Literal, NamedTuple
 
 import numpy as np
 import ufl
+from lse_material.training.data import metamaterial as mm
 from mpi4py import MPI
 
-from lse_material.fem._dolfinx import dolfinx
-from lse_material.fem.newton import LawNewtonSolver
-from lse_material.fem.state_law import QuadratureStateLaw
+from lse_material.fem import (
+    LawNewtonSolver,
+    QuadratureStateLaw,
+    ReactionForce,
+    dolfinx,
+    solve_with_cuts,
+)
 from lse_material.hidden_state import STRAIN_NAMES
+from lse_material.jsonio import write_json
 
-__all__ = ["MetamaterialBarResult", "force_difference", "simulate_metamaterial", "register"]
-
-DATA_DT = 1.0 / 99  # the training data's time step (100 steps on [0, 1])
-C11 = 1.0 + 4.0 * 0.5 / 3.0  # κ + 4μ/3 of the data model: the uniaxial-strain modulus
+__all__ = ["MetamaterialBarResult", "force_difference", "simulate_metamaterial"]
 
 
 class MetamaterialBarResult(NamedTuple):
@@ -94,11 +104,19 @@ def _voigt_strain(u, dim: int):
     return ufl.as_vector([e[0, 0], e[1, 1], e[2, 2], 2 * e[1, 2], 2 * e[0, 2], 2 * e[0, 1]])
 
 
-def _load_law(model, reference: bool):
-    if reference:
-        from lse_material.training.metamaterial import ReferenceLaw
+class _Law(NamedTuple):
+    """The bar's law, the time step of its training data and its uniaxial-strain modulus."""
 
-        return ReferenceLaw()
+    law: object
+    dt: float
+    modulus: float
+
+
+def _load_law(model, reference: bool) -> _Law:
+    """The reference (data model) or a trained model, with what its card knows."""
+    if reference:
+        law = mm.ReferenceLaw()
+        return _Law(law, mm.data_time_step(), mm.uniaxial_modulus(law.params))
     if model is None:
         raise ValueError("give --model MODEL (a trained metamaterial model file) or --reference.")
     import lse_material
@@ -110,7 +128,14 @@ def _load_law(model, reference: bool):
             f"{model}: not a metamaterial model (a HiddenStateMaterial with inputs {STRAIN_NAMES}); "
             "train one with `lse-material train metamaterial`."
         )
-    return law
+    training = law.card.get("training", {})
+    if "dt" not in training or "params" not in training:
+        raise ValueError(
+            f"{model}: the model card lacks training.dt or training.params (the time step and "
+            "the material constants of the training data); retrain with this version."
+        )
+    params = mm.MetamaterialParams(**training["params"])
+    return _Law(law, float(training["dt"]), mm.uniaxial_modulus(params))
 
 
 def simulate_metamaterial(
@@ -118,7 +143,7 @@ def simulate_metamaterial(
     out: str | Path,
     model: str | Path | None = None,
     reference: bool = False,
-    dim: int = 2,
+    dim: Literal[2, 3] = 2,
     length: float = 10.0,
     height: float = 1.0,
     nx: int = 100,
@@ -130,14 +155,40 @@ def simulate_metamaterial(
     max_cuts: int = 6,
     write_every: int = 2,
     compare: str | Path | None = None,
-    fail_step: int | None = None,
 ) -> MetamaterialBarResult:
     """Run the bar; write VTX fields, the force–displacement plot and ``out/summary.json``.
 
     Works under mpirun. ``compare``: a folder with another run's summary.json (same options, the
     other law): its force curve is drawn too and the normalised L2 difference is stored.
-    ``fail_step``: force Newton to fail once at that step (a test of commit/revert: the step is
-    cut and retried).
+
+    Parameters
+    ----------
+    out
+        output folder.
+    model
+        a trained metamaterial model file (or give ``reference``).
+    reference
+        use the data model's law instead of a model (the reference run).
+    dim
+        2 (plane strain) or 3.
+    length, height
+        the bar's length L and height H.
+    nx, ny
+        cells along the bar and across it.
+    amplitudes
+        the mean strains U/L of the sawtooth cycles 0 → a → 0.
+    steps_per_cycle
+        load steps per cycle.
+    imperfection
+        the softening δ of the energies at x0 = 0.3 L.
+    viscosity
+        the strain-rate viscosity η/Δt in units of κ + 4μ/3 at the nominal step.
+    max_cuts
+        how many times a failed step may be halved.
+    write_every
+        write the VTX fields every this many steps.
+    compare
+        the folder of another run (same options, the other law) to compare forces with.
     """
     comm = MPI.COMM_WORLD
     if dim not in (2, 3):
@@ -149,12 +200,83 @@ def simulate_metamaterial(
         )
     if not 0 <= imperfection < 1 or viscosity < 0 or not amplitudes:
         raise ValueError("need 0 <= imperfection < 1, viscosity >= 0 and at least one amplitude.")
-    law_model = _load_law(model, reference)
+    chosen = _load_law(model, reference)
     out = Path(out)
     if comm.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
+    bar = _bar(comm, dim, (length, height), (nx, ny), chosen, imperfection, viscosity)
+    writer, indicator_cells = _writer(bar.domain, bar.u, out, comm)
+    schedule = _schedule(amplitudes, steps_per_cycle)
+    keys = ("displacement", "force", "transformed_fraction", "front_left", "front_right")
+    history = {k: [] for k in (*keys, "newton_iterations")}
 
+    def record(displacement, iterations):
+        values = (displacement, *_measure(bar), iterations)
+        for key, value in zip(history, values, strict=True):
+            history[key].append(value)
+
+    bar.law.update()
+    record(0.0, 0)
+    _write(writer, bar.law, indicator_cells, 0.0)
+    failures, cuts_used = 0, 0
+    loop_start = time.perf_counter()
+    for step in range(1, schedule.size):
+        iterations, cuts, used = _load_step(bar, schedule, step, chosen, viscosity, max_cuts)
+        failures += cuts
+        cuts_used = max(cuts_used, used)
+        record(float(schedule[step] * length), iterations)
+        if comm.rank == 0:
+            print(
+                f"step {step:4d}  t = {step}  dε = {schedule[step] - schedule[step - 1]:+.4g}  "
+                f"newton {iterations:2d}  force = {history['force'][-1]:.8g}",
+                flush=True,
+            )
+        if step % write_every == 0 or step == schedule.size - 1:
+            _write(writer, bar.law, indicator_cells, float(step))
+    loop_seconds = time.perf_counter() - loop_start
+    writer.close()
+
+    V = bar.u.function_space
+    summary = dict(history)
+    summary.update(
+        law="reference" if reference else "model",
+        model=None if model is None else str(model),
+        ranks=comm.size,
+        dim=dim,
+        dofs=int(V.dofmap.index_map.size_global * V.dofmap.index_map_bs),
+        cells=int(bar.domain.topology.index_map(dim).size_global),
+        steps=int(schedule.size - 1),
+        failed_steps=failures,
+        max_cuts_used=cuts_used,
+        seconds=time.perf_counter() - t_start,
+        loop_seconds=loop_seconds,
+        parameters={
+            "length": length,
+            "height": height,
+            "amplitudes": list(amplitudes),
+            "steps_per_cycle": steps_per_cycle,
+            "imperfection": imperfection,
+            "imperfection_at": 0.3 * length,
+            "imperfection_length": 0.2 * length,
+            "viscosity": viscosity,
+            "dt": chosen.dt,
+            "uniaxial_modulus": chosen.modulus,
+        },
+    )
+    other = None
+    if compare is not None:
+        other = json.loads((Path(compare) / "summary.json").read_text())
+        summary["force_difference_vs_compare"] = force_difference(summary, other)
+    if comm.rank == 0:
+        write_json(out / "summary.json", summary)
+        _plots(out, summary, other)
+    return MetamaterialBarResult(summary, out)
+
+
+def _bar(comm, dim, size, cells, chosen: _Law, imperfection, viscosity) -> SimpleNamespace:
+    """Mesh, P1 displacement, the law, residual with viscosity, boundary conditions, solver."""
+    (length, height), (nx, ny) = size, cells
     if dim == 2:
         domain = dolfinx.mesh.create_rectangle(
             comm, [[0.0, 0.0], [length, height]], [nx, ny], dolfinx.mesh.CellType.triangle
@@ -169,33 +291,25 @@ def simulate_metamaterial(
     V = dolfinx.fem.functionspace(domain, ("Lagrange", 1, (dim,)))
     u, u_n = dolfinx.fem.Function(V, name="u"), dolfinx.fem.Function(V)
     v = ufl.TestFunction(V)
-    strain = _voigt_strain(u, dim)
-    law = QuadratureStateLaw(law_model, strain, domain, quadrature_degree=1, dt=DATA_DT)
+    law = QuadratureStateLaw(
+        chosen.law, _voigt_strain(u, dim), domain, quadrature_degree=1, dt=chosen.dt
+    )
     x = ufl.SpatialCoordinate(domain)
-    x0, ell = 0.3 * length, 0.2 * length
-    s = 1.0 - imperfection * ufl.exp(-abs(x[0] - x0) / ell)
-    eta_dt = dolfinx.fem.Constant(domain, viscosity * C11)  # η/Δt, updated on cut steps
+    s = 1.0 - imperfection * ufl.exp(-abs(x[0] - 0.3 * length) / (0.2 * length))
+    eta_dt = dolfinx.fem.Constant(domain, viscosity * chosen.modulus)  # η/Δt, set per trial
     F = (
         s * ufl.dot(law.stress(), _voigt_strain(v, dim)) * law.dx
         + eta_dt * ufl.inner(ufl.sym(ufl.grad(u - u_n)), ufl.sym(ufl.grad(v))) * law.dx
     )
-
     fdim = dim - 1
-    facets = {
-        "left": dolfinx.mesh.locate_entities_boundary(
-            domain, fdim, lambda p: np.isclose(p[0], 0.0)
-        ),
-        "right": dolfinx.mesh.locate_entities_boundary(
-            domain, fdim, lambda p: np.isclose(p[0], length)
-        ),
-    }
+    end_value = dolfinx.fem.Constant(domain, 0.0)
     bcs = []
-    for name, facet in facets.items():
+    for value, at in ((dolfinx.fem.Constant(domain, 0.0), 0.0), (end_value, length)):
+        facet = dolfinx.mesh.locate_entities_boundary(
+            domain, fdim, lambda p, at=at: np.isclose(p[0], at)
+        )
         dofs = dolfinx.fem.locate_dofs_topological(V.sub(0), fdim, facet)
-        value = dolfinx.fem.Constant(domain, 0.0)
         bcs.append(dolfinx.fem.dirichletbc(value, dofs, V.sub(0)))
-        if name == "right":
-            end_value = value
     for axis in range(1, dim):  # rollers on the lateral faces
         lateral = dolfinx.mesh.locate_entities_boundary(
             domain,
@@ -204,7 +318,6 @@ def simulate_metamaterial(
         )
         dofs = dolfinx.fem.locate_dofs_topological(V.sub(axis), fdim, lateral)
         bcs.append(dolfinx.fem.dirichletbc(0.0, dofs, V.sub(axis)))
-
     solver = LawNewtonSolver(
         F,
         u,
@@ -218,140 +331,71 @@ def simulate_metamaterial(
             "snes_atol": 1e-11,
         },
     )
-    w = dolfinx.fem.Function(V)  # reaction: F(u; w) with w = (x/L) e1
-    w.interpolate(lambda p: np.vstack([p[0] / length] + [0 * p[0]] * (dim - 1)))
-    reaction_form = dolfinx.fem.form(ufl.replace(F, {v: w}))
-    cell_volume = dolfinx.fem.form(
-        ufl.TestFunction(dolfinx.fem.functionspace(domain, ("DG", 0))) * ufl.dx
+    ramp = dolfinx.fem.Function(V)  # the predictor's uniform strain: (x/L) e1
+    ramp.interpolate(lambda p: np.vstack([p[0] / length] + [0 * p[0]] * (dim - 1)))
+    n_cells = law.quadrature.n_cells
+    cell_volume = ufl.TestFunction(dolfinx.fem.functionspace(domain, ("DG", 0))) * ufl.dx
+    volumes = dolfinx.fem.assemble_vector(dolfinx.fem.form(cell_volume)).array[:n_cells]
+    return SimpleNamespace(
+        domain=domain,
+        u=u,
+        u_n=u_n,
+        law=law,
+        solver=solver,
+        eta_dt=eta_dt,
+        end_value=end_value,
+        ramp=ramp,
+        length=length,
+        reaction=ReactionForce(F, u, lambda p: np.isclose(p[0], length), component=0),
+        volumes=volumes,
+        total_volume=comm.allreduce(volumes.sum(), op=MPI.SUM),
+        centres=dolfinx.mesh.compute_midpoints(domain, dim, law.quadrature.cells)[:, 0],
     )
-    n_cells = domain.topology.index_map(dim).size_local
-    volumes = dolfinx.fem.assemble_vector(cell_volume).array[:n_cells]
-    centres = dolfinx.mesh.compute_midpoints(domain, dim, np.arange(n_cells, dtype=np.int32))[:, 0]
-    total_volume = comm.allreduce(volumes.sum(), op=MPI.SUM)
 
-    def measure():
-        force = comm.allreduce(dolfinx.fem.assemble_scalar(reaction_form), op=MPI.SUM)
-        ind = law.cell_average(law.indicator)
-        fraction = comm.allreduce(float((volumes * np.clip(ind, 0, 1)).sum()), op=MPI.SUM)
-        hot = centres[ind > 0.5]
-        left = comm.allreduce(float(hot.min()) if hot.size else np.inf, op=MPI.MIN)
-        right = comm.allreduce(float(hot.max()) if hot.size else -np.inf, op=MPI.MAX)
-        return force, fraction / total_volume, left, right
 
-    writer, indicator_cells = _writer(domain, u, out, comm)
-    schedule = _schedule(amplitudes, steps_per_cycle)
-    history = {
-        k: []
-        for k in (
-            "displacement",
-            "force",
-            "transformed_fraction",
-            "front_left",
-            "front_right",
-            "newton_iterations",
-        )
-    }
+def _load_step(bar, schedule, step: int, chosen: _Law, viscosity: float, max_cuts: int):
+    """One load step, in sub-steps cut in half on failure: (Newton iterations, cuts, depth)."""
+    full = (schedule[step] - schedule[step - 1]) * bar.length
+    target, done = schedule[step] * bar.length, schedule[step - 1] * bar.length
+    fraction, iterations, cuts, depth = 1.0, 0, 0, 0
+    trial = {}
 
-    def record(displacement, iterations):
-        force, fraction, left, right = measure()
-        for key, value in zip(
-            history,
-            (
-                displacement,
-                force,
-                fraction,
-                left if np.isfinite(left) else None,
-                right if np.isfinite(right) else None,
-                iterations,
-            ),
-        ):
-            history[key].append(value)
+    def prepare(part: float) -> None:
+        end = target if abs(target - done) <= abs(part * full) * (1 + 1e-12) else done + part * full
+        share = (end - done) / full
+        bar.law.dt = chosen.dt * share
+        bar.eta_dt.value = viscosity * chosen.modulus / share
+        bar.end_value.value = end
+        bar.u.x.array[:] += (end - done) * bar.ramp.x.array  # predictor: uniform strain increment
+        bar.u.x.scatter_forward()
+        trial["end"] = end
 
-    law.update()
-    record(0.0, 0)
-    _write(writer, law, indicator_cells, 0.0)
-    failures, cuts_used = 0, 0
-    loop_start = time.perf_counter()
-    for step in range(1, schedule.size):
-        target = schedule[step] * length
-        done = schedule[step - 1] * length
-        fraction, iterations, forced = 1.0, 0, fail_step == step
-        while done != target:
-            increment = min(fraction, 1.0) * (schedule[step] - schedule[step - 1]) * length
-            trial = (
-                target if abs(target - done) <= abs(increment) * (1 + 1e-12) else done + increment
-            )
-            part = (trial - done) / ((schedule[step] - schedule[step - 1]) * length)
-            law.dt = DATA_DT * part
-            eta_dt.value = viscosity * C11 / part
-            end_value.value = trial
-            saved = u.x.array.copy()
-            u.x.array[:] += (trial - done) * w.x.array  # predictor: a uniform strain increment
-            u.x.scatter_forward()
-            result = solver.solve()
-            if forced:  # a test hook: pretend Newton failed
-                result = result._replace(converged=False)
-                forced = False
-            if not result.converged:
-                law.revert()
-                u.x.array[:] = saved
-                u.x.scatter_forward()
-                fraction /= 2
-                failures += 1
-                if fraction < 2.0**-max_cuts:
-                    raise RuntimeError(
-                        f"step {step}: Newton failed with the step cut {max_cuts} times "
-                        f"(mean strain {schedule[step]:.4f}); reduce steps or check the law."
-                    )
-                cuts_used = max(cuts_used, int(round(-np.log2(fraction))))
-                continue
-            law.update()  # the trial at the converged u, then accept it
-            law.commit()
-            u_n.x.array[:] = u.x.array
-            done = trial
-            iterations += result.iterations
-        record(float(target), iterations)
-        if step % write_every == 0 or step == schedule.size - 1:
-            _write(writer, law, indicator_cells, float(step))
-    loop_seconds = time.perf_counter() - loop_start
-    writer.close()
+    while done != target:
+        depth_left = max_cuts - depth
+        what = f"step {step} (mean strain {schedule[step]:.4f})"
+        cut = solve_with_cuts(bar.solver, prepare, fraction, max_cuts=depth_left, what=what)
+        fraction, cuts = cut.size, cuts + cut.cuts
+        depth = max(depth, int(round(-np.log2(fraction))))
+        bar.u_n.x.array[:] = bar.u.x.array
+        done = trial["end"]
+        iterations += cut.result.iterations
+    return iterations, cuts, depth
 
-    n_dofs = V.dofmap.index_map.size_global * V.dofmap.index_map_bs
-    summary = dict(history)
-    summary.update(
-        law="reference" if reference else "model",
-        model=None if model is None else str(model),
-        ranks=comm.size,
-        dim=dim,
-        dofs=int(n_dofs),
-        cells=int(domain.topology.index_map(dim).size_global),
-        steps=int(schedule.size - 1),
-        failed_steps=failures,
-        max_cuts_used=cuts_used,
-        seconds=time.perf_counter() - t_start,
-        loop_seconds=loop_seconds,
-        parameters={
-            "length": length,
-            "height": height,
-            "amplitudes": list(amplitudes),
-            "steps_per_cycle": steps_per_cycle,
-            "imperfection": imperfection,
-            "imperfection_at": x0,
-            "imperfection_length": ell,
-            "viscosity": viscosity,
-            "dt": DATA_DT,
-        },
+
+def _measure(bar) -> tuple:
+    """Reaction force, transformed volume fraction, left and right front (None: no front)."""
+    comm = bar.domain.comm
+    ind = bar.law.quadrature.cell_means(bar.law.indicator)[:, 0]
+    fraction = comm.allreduce(float((bar.volumes * np.clip(ind, 0, 1)).sum()), op=MPI.SUM)
+    hot = bar.centres[ind > 0.5]
+    left = comm.allreduce(float(hot.min()) if hot.size else np.inf, op=MPI.MIN)
+    right = comm.allreduce(float(hot.max()) if hot.size else -np.inf, op=MPI.MAX)
+    return (
+        bar.reaction(),
+        fraction / bar.total_volume,
+        left if np.isfinite(left) else None,
+        right if np.isfinite(right) else None,
     )
-    other = None
-    if compare is not None:
-        other = json.loads((Path(compare) / "summary.json").read_text())
-        summary["force_difference_vs_compare"] = force_difference(summary, other)
-    if comm.rank == 0:
-        tmp = out / "summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2))
-        os.replace(tmp, out / "summary.json")
-        _plots(out, summary, other)
-    return MetamaterialBarResult(summary, out)
 
 
 def _writer(domain, u, out: Path, comm):
@@ -363,9 +407,7 @@ def _writer(domain, u, out: Path, comm):
 
 
 def _write(writer, law, indicator, t: float) -> None:
-    values = law.cell_average(law.indicator)
-    indicator.x.array[: values.size] = values
-    indicator.x.scatter_forward()
+    law.cell_average(law.indicator, out=indicator)
     writer.write(t)
 
 
@@ -414,18 +456,3 @@ def _plots(out: Path, summary: dict, other: dict | None) -> None:
     fig.tight_layout()
     fig.savefig(out / "force_displacement.png", dpi=110)
     plt.close(fig)
-
-
-def register(groups) -> None:
-    p = groups["simulate"].add_parser(
-        "metamaterial", help="metamaterial bar under cyclic displacement (serial or mpirun)"
-    )
-    p.add_argument("--model", help="a trained metamaterial model file")
-    p.add_argument("--out", required=True)
-    p.add_argument("--reference", action="store_true", help="the data model's law (reference run)")
-    p.add_argument("--dim", type=int, default=2, choices=[2, 3])
-    p.add_argument("--nx", type=int, default=100)
-    p.add_argument("--ny", type=int, default=4)
-    p.add_argument("--steps-per-cycle", type=int, default=40)
-    p.add_argument("--compare", help="folder of another run (same options) to compare forces with")
-    p.set_defaults(func=simulate_metamaterial)

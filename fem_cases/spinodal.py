@@ -22,19 +22,18 @@ Choices [ours], documented:
   function of the coordinates: identical for any number of ranks.
 - Parameters: κ = 1e-2, M = 1e-2, η = 1e-2, Δt starts at 1e-3; Δt grows ×1.5 after a
   solve in ≤ 4 iterations (to at most ``dt_max``), and a failed solve is cut ×0.5 and retried
-  from the saved state (the failed trial leaves no trace).
+  from the saved state (``lse_material.fem.solve_with_cuts``: the failed trial leaves no trace).
+
+Progress: one line per step on rank 0 (step, t, Δt, Newton iterations, free energy).
 """
 
 from __future__ import annotations
 
-import json
-import os
 import resource
-import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import NamedTuple
+from types import SimpleNamespace
+from typing import Literal, NamedTuple
 
 import basix.ufl
 import numpy as np
@@ -42,14 +41,13 @@ import ufl
 from lse_material.training.data import mechanochemical as mc
 from mpi4py import MPI
 
-from lse_material.fem._dolfinx import dolfinx
-from lse_material.fem.newton import LawNewtonSolver
-from lse_material.fem.quadrature import QuadratureLaw
+from lse_material.fem import LawNewtonSolver, QuadratureLaw, dolfinx, solve_with_cuts
 from lse_material.jsonio import write_json
 
-__all__ = ["SpinodalResult", "simulate_spinodal", "register"]
+__all__ = ["SpinodalResult", "simulate_spinodal"]
 
 KAPPA, MOBILITY, VISCOSITY = 1e-2, 1e-2, 1e-2  # [ours]
+MIN_DT = 1e-9  # a step cut below this raises
 
 
 class SpinodalResult(NamedTuple):
@@ -71,23 +69,12 @@ def _initial_concentration(dim: int, seed: int):
     return c0
 
 
-def _inputs(u, c, dim: int):
-    """Voigt Green–Lagrange strain (engineering shears) and c, in mechanochemical.INPUT_NAMES order."""
-    F = ufl.Identity(dim) + ufl.grad(u)
-    Ed = 0.5 * (F.T * F - ufl.Identity(dim))
-    if dim == 2:
-        E = ufl.as_matrix([[Ed[0, 0], Ed[0, 1], 0], [Ed[1, 0], Ed[1, 1], 0], [0, 0, 0]])
-    else:
-        E = Ed
-    return ufl.as_vector([E[0, 0], E[1, 1], E[2, 2], 2 * E[1, 2], 2 * E[0, 2], 2 * E[0, 1], c]), E
-
-
 def simulate_spinodal(
     *,
     out: str | Path,
     model: str | Path | None = None,
     analytic: bool = False,
-    dim: int = 2,
+    dim: Literal[2, 3] = 2,
     mesh: int = 32,
     t_end: float = 0.3,
     seed: int = 0,
@@ -96,7 +83,33 @@ def simulate_spinodal(
     max_steps: int = 400,
     write_every: int = 5,
 ) -> SpinodalResult:
-    """Run the case; write VTX fields, PNG plots and ``out/summary.json``. Works under mpirun."""
+    """Run the case; write VTX fields, PNG plots and ``out/summary.json``. Works under mpirun.
+
+    Parameters
+    ----------
+    out
+        output folder.
+    model
+        a trained mechanochemical model file (or give ``analytic``).
+    analytic
+        use the data model's ψ in pure UFL instead of a model (the reference run).
+    dim
+        2 (plane strain, unit square) or 3 (unit cube).
+    mesh
+        cells per side.
+    t_end
+        end time.
+    seed
+        seed of the initial concentration's random cosine modes.
+    dt
+        the first time step.
+    dt_max
+        the largest time step (Δt grows ×1.5 after an easy solve).
+    max_steps
+        stop after this many steps even before ``t_end``.
+    write_every
+        write the VTX fields every this many steps.
+    """
     comm = MPI.COMM_WORLD
     if dim not in (2, 3):
         raise ValueError(f"dim must be 2 or 3, got {dim}.")
@@ -106,11 +119,90 @@ def simulate_spinodal(
         raise ValueError(
             f"need mesh >= 2, t_end > 0, dt > 0; got mesh={mesh}, t_end={t_end}, dt={dt}."
         )
+    t_start = time.perf_counter()
+    potential = None
+    if not analytic:
+        import lse_material
+
+        potential = lse_material.load(model)  # before any output exists: a bad file leaves none
     out = Path(out)
     if comm.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-    t_start = time.perf_counter()
+    p = _problem(comm, dim, mesh, dt, potential)
+    p.w.sub(1).interpolate(_initial_concentration(dim, seed))
+    p.w.x.scatter_forward()
+    p.w_n.x.array[:] = p.w.x.array
+    history = {
+        k: [] for k in ("time", "energy", "mass", "phase_fraction", "newton_iterations", "dt")
+    }
 
+    def record(t, iterations):
+        e, m, pf = _measure(p, refresh_law=iterations == 0)
+        for key, value in zip(history, (t, e, m, pf, iterations, float(p.dt.value)), strict=True):
+            history[key].append(value)
+        return e
+
+    writers, fields = _writers(p.domain, p.law, out, comm)
+    record(0.0, 0)
+    loop_start = time.perf_counter()
+    _write(writers, fields, p.w, p.law, 0.0)
+    t, step, failures = 0.0, 0, 0
+    max_cuts = int(np.floor(np.log2(dt_max / MIN_DT)))
+
+    def prepare(size: float) -> None:
+        p.dt.value = size
+
+    while t < t_end - 1e-12 and step < max_steps:
+        size = min(float(p.dt.value), t_end - t)
+        cut = solve_with_cuts(p.solver, prepare, size, max_cuts=max_cuts, what=f"t = {t:.6g}")
+        failures += cut.cuts
+        t += cut.size
+        step += 1
+        p.w_n.x.array[:] = p.w.x.array
+        energy = record(t, cut.result.iterations)
+        if comm.rank == 0:
+            print(
+                f"step {step:4d}  t = {t:.5g}  dt = {cut.size:.3g}  newton "
+                f"{cut.result.iterations:2d}  energy = {energy:.8g}",
+                flush=True,
+            )
+        if step % write_every == 0:
+            _write(writers, fields, p.w, p.law, t)
+        if cut.result.iterations <= 4:
+            p.dt.value = min(cut.size * 1.5, dt_max)
+    loop_seconds = time.perf_counter() - loop_start
+    _write(writers, fields, p.w, p.law, t)
+    for writer in writers:
+        writer.close()
+    peak_mb = comm.allreduce(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, op=MPI.MAX)
+
+    W = p.w.function_space
+    summary = dict(history)
+    summary.update(
+        ranks=comm.size,
+        dofs=int(W.dofmap.index_map.size_global * W.dofmap.index_map_bs),
+        seconds=time.perf_counter() - t_start,
+        steps=step,
+        loop_seconds=loop_seconds,
+        seconds_per_step=loop_seconds / max(step, 1),
+        peak_memory_mb_per_rank=peak_mb,
+        failed_steps=failures,
+        dim=dim,
+        mesh=mesh,
+        analytic=analytic,
+        model=None if model is None else str(model),
+        seed=seed,
+        parameters={"kappa": KAPPA, "mobility": MOBILITY, "viscosity": VISCOSITY},
+    )
+    if comm.rank == 0:
+        write_json(out / "summary.json", summary)
+        _plots(out, summary)
+    _snapshot(out, p.w, comm)
+    return SpinodalResult(summary, out)
+
+
+def _problem(comm, dim: int, mesh: int, dt: float, potential) -> SimpleNamespace:
+    """Mesh, mixed space (u, c, μ), the law (None: the analytic ψ in UFL), forms and solver."""
     if dim == 2:
         domain = dolfinx.mesh.create_unit_square(comm, mesh, mesh)
     else:
@@ -125,19 +217,12 @@ def simulate_spinodal(
     v, q, r = ufl.TestFunctions(W)
     dt_c = dolfinx.fem.Constant(domain, dt)
 
-    inputs, E = _inputs(u, c, dim)
+    inputs, E = mc.ufl_inputs(u, c)
     law = None
-    if analytic:
+    if potential is None:
         density = mc.energy_ufl(E, c)
         dx = ufl.Measure("dx", domain=domain, metadata={"quadrature_degree": 2})
     else:
-        import lse_material
-
-        potential = lse_material.load(model)
-        if tuple(potential.input_names) != mc.INPUT_NAMES:
-            raise ValueError(
-                f"{model}: inputs {potential.input_names}; this case needs {mc.INPUT_NAMES}."
-            )
         law = QuadratureLaw(potential, inputs, domain, quadrature_degree=2)
         density = law.energy_density()
         dx = law.dx
@@ -164,102 +249,37 @@ def simulate_spinodal(
         prefix=f"spinodal_{id(w)}_",
         petsc_options={"snes_max_it": 12, "snes_linesearch_type": "basic"},
     )
-
-    w.sub(1).interpolate(_initial_concentration(dim, seed))
-    w.x.scatter_forward()
-    w_n.x.array[:] = w.x.array
-
-    energy_form = dolfinx.fem.form(free_energy)
-    mass_form = dolfinx.fem.form(c * dx)
     one = dolfinx.fem.form(dolfinx.fem.Constant(domain, 1.0) * dx)
-    phase_form = dolfinx.fem.form(ufl.conditional(ufl.gt(c, 0.5), 1.0, 0.0) * dx)
-    volume = comm.allreduce(dolfinx.fem.assemble_scalar(one), op=MPI.SUM)
-
-    def measure(refresh_law: bool):
-        # After a converged solve the law is current: SNES's last residual evaluation is at
-        # the returned iterate. Only the initial state needs an explicit update.
-        if law is not None and refresh_law:
-            law.update()
-        total = [
-            comm.allreduce(dolfinx.fem.assemble_scalar(f), op=MPI.SUM)
-            for f in (energy_form, mass_form, phase_form)
-        ]
-        return total[0], total[1], total[2] / volume
-
-    writers, fields = _writers(domain, w, law, out, comm)
-    history = {
-        "time": [],
-        "energy": [],
-        "mass": [],
-        "phase_fraction": [],
-        "newton_iterations": [],
-        "dt": [],
-    }
-
-    def record(t, iterations):
-        e, m, pf = measure(refresh_law=iterations == 0)
-        for key, value in zip(history, (t, e, m, pf, iterations, float(dt_c.value)), strict=True):
-            history[key].append(value)
-
-    t, step, failures = 0.0, 0, 0
-    record(t, 0)
-    loop_start = time.perf_counter()
-    _write(writers, fields, w, law, t)
-    while t < t_end - 1e-12 and step < max_steps:
-        dt_step = min(float(dt_c.value), t_end - t)
-        dt_c.value = dt_step
-        saved = w.x.array.copy()
-        result = solver.solve()
-        if not result.converged:
-            w.x.array[:] = saved  # the failed trial leaves no trace
-            w.x.scatter_forward()
-            dt_c.value = dt_step / 2
-            failures += 1
-            if dt_c.value < 1e-9:
-                raise RuntimeError(
-                    f"time step fell below 1e-9 at t = {t}: the solve keeps failing."
-                )
-            continue
-        t += dt_step
-        step += 1
-        w_n.x.array[:] = w.x.array
-        record(t, result.iterations)
-        if step % write_every == 0:
-            _write(writers, fields, w, law, t)
-        if result.iterations <= 4:
-            dt_c.value = min(dt_step * 1.5, dt_max)
-    loop_seconds = time.perf_counter() - loop_start
-    _write(writers, fields, w, law, t)
-    for writer in writers:
-        writer.close()
-    peak_mb = comm.allreduce(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, op=MPI.MAX)
-
-    dofs_global = W.dofmap.index_map.size_global * W.dofmap.index_map_bs
-    summary = dict(history)
-    summary.update(
-        ranks=comm.size,
-        dofs=int(dofs_global),
-        seconds=time.perf_counter() - t_start,
-        steps=step,
-        loop_seconds=loop_seconds,
-        seconds_per_step=loop_seconds / max(step, 1),
-        peak_memory_mb_per_rank=peak_mb,
-        failed_steps=failures,
-        dim=dim,
-        mesh=mesh,
-        analytic=analytic,
-        model=None if model is None else str(model),
-        seed=seed,
-        parameters={"kappa": KAPPA, "mobility": MOBILITY, "viscosity": VISCOSITY},
+    return SimpleNamespace(
+        domain=domain,
+        w=w,
+        w_n=w_n,
+        dt=dt_c,
+        law=law,
+        solver=solver,
+        forms=[
+            dolfinx.fem.form(free_energy),
+            dolfinx.fem.form(c * dx),
+            dolfinx.fem.form(ufl.conditional(ufl.gt(c, 0.5), 1.0, 0.0) * dx),
+        ],
+        volume=comm.allreduce(dolfinx.fem.assemble_scalar(one), op=MPI.SUM),
     )
-    if comm.rank == 0:
-        write_json(out / "summary.json", summary)
-        _plots(out, summary)
-    _snapshot(out, w, comm)
-    return SpinodalResult(summary, out)
 
 
-def _writers(domain, w, law, out: Path, comm):
+def _measure(p: SimpleNamespace, refresh_law: bool) -> tuple[float, float, float]:
+    """Free energy, ∫c and the volume fraction with c > 1/2 (MPI-reduced).
+
+    After a converged solve the law is current (``LawNewtonSolver.solve`` leaves it at the
+    returned iterate); only the initial state needs an explicit update.
+    """
+    if p.law is not None and refresh_law:
+        p.law.update()
+    comm = p.domain.comm
+    total = [comm.allreduce(dolfinx.fem.assemble_scalar(f), op=MPI.SUM) for f in p.forms]
+    return total[0], total[1], total[2] / p.volume
+
+
+def _writers(domain, law, out: Path, comm):
     """VTX time series: u, c, μ (P1) in fields.bp; for a law, the dominant well and the smallest
     tangent eigenvalue (cell averages, DG0) in diagnostics.bp."""
     dim = domain.topology.dim
@@ -272,10 +292,10 @@ def _writers(domain, w, law, out: Path, comm):
     }
     writers = [dolfinx.io.VTXWriter(comm, out / "fields.bp", list(fields.values()), engine="BP4")]
     if law is not None:  # cell averages of the quadrature diagnostics
-        DG0 = dolfinx.fem.functionspace(domain, ("DG", 0))
-        fields["dominant_well"] = dolfinx.fem.Function(DG0, name="dominant_well")
-        fields["min_tangent_eigenvalue"] = dolfinx.fem.Function(DG0, name="min_tangent_eigenvalue")
-        diagnostics = [fields["dominant_well"], fields["min_tangent_eigenvalue"]]
+        diagnostics = [
+            law.quadrature.dg0(name=n) for n in ("dominant_well", "min_tangent_eigenvalue")
+        ]
+        fields |= {f.name: f for f in diagnostics}
         writers.append(
             dolfinx.io.VTXWriter(comm, out / "diagnostics.bp", diagnostics, engine="BP4")
         )
@@ -289,21 +309,10 @@ def _write(writers, fields, w, law, t: float) -> None:
     if law is not None:
         law.update()
         law.update_diagnostics()
-        n_cells = law.mesh.topology.index_map(law.mesh.topology.dim).size_local
-        qp = law.points_per_cell
-        weights = law.phase_weights.x.array[
-            : n_cells * qp * law.phase_weights.function_space.dofmap.bs
-        ]
-        weights = weights.reshape(n_cells, qp, -1).mean(axis=1)
-        eig = law.min_eigenvalue.x.array[: n_cells * qp].reshape(n_cells, qp).mean(axis=1)
-        for name, cell_values in (
-            ("dominant_well", weights.argmax(axis=1).astype(np.float64)),
-            ("min_tangent_eigenvalue", eig),
-        ):
-            f = fields[name]
-            ndofs = f.function_space.dofmap.dof_layout.num_dofs
-            f.x.array[: n_cells * ndofs] = np.repeat(cell_values, ndofs)
-            f.x.scatter_forward()
+        points = law.quadrature
+        wells = points.cell_means(law.phase_weights).argmax(axis=1).astype(np.float64)
+        points.set_cells(fields["dominant_well"], wells)
+        law.cell_average(law.min_eigenvalue, out=fields["min_tangent_eigenvalue"])
     for writer in writers:
         writer.write(t)
 
@@ -354,92 +363,3 @@ def _plots(out: Path, summary: dict) -> None:
     fig.tight_layout()
     fig.savefig(out / "energy_phase.png", dpi=110)
     plt.close(fig)
-
-
-def bench_spinodal(*, model: str, out: str, mesh: int = 128, steps: int = 8) -> dict:
-    """Time per step: model vs analytic (1 rank), and the model on 1 vs 2 ranks; peak memory.
-
-    Each run is a separate ``mpirun`` process with a fixed number of steps (``--max-steps``) and
-    the same mesh; the loop time excludes start-up and form compilation. Writes summary.json.
-    Mesh 128 (66 k dofs) by default: about two thirds of a step is the direct (MUMPS) solve,
-    whose 2-rank speed-up grows with the problem size (measured: 1.55–1.58 at mesh 96, 1.61–1.76
-    at 128, 1.73 at 160).
-    """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    bindir = Path(sys.executable).parent
-    runs = {}
-    for name, ranks, extra in (
-        ("analytic_1", 1, ["--analytic"]),
-        ("model_1", 1, ["--model", str(model)]),
-        ("model_2", 2, ["--model", str(model)]),
-    ):
-        folder = out / name
-        cmd = [
-            str(bindir / "mpirun"),
-            "-n",
-            str(ranks),
-            str(bindir / "lse-material"),
-            "simulate",
-            "spinodal",
-            "--out",
-            str(folder),
-            "--mesh",
-            str(mesh),
-            "--t-end",
-            "1e9",
-            "--max-steps",
-            str(steps),
-            *extra,
-        ]
-        subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        s = json.loads((folder / "summary.json").read_text())
-        runs[name] = {
-            k: s[k]
-            for k in (
-                "seconds_per_step",
-                "loop_seconds",
-                "steps",
-                "dofs",
-                "ranks",
-                "peak_memory_mb_per_rank",
-                "newton_iterations",
-            )
-        }
-    result = {
-        "mesh": mesh,
-        "steps": steps,
-        "runs": runs,
-        "step_time_ratio_model_over_analytic": runs["model_1"]["seconds_per_step"]
-        / runs["analytic_1"]["seconds_per_step"],
-        "speedup_1_to_2_ranks": runs["model_1"]["seconds_per_step"]
-        / runs["model_2"]["seconds_per_step"],
-    }
-    write_json(out / "summary.json", result)
-    print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2))
-    return result
-
-
-def register(groups) -> None:
-    b = groups["bench"].add_parser(
-        "spinodal", help="time per step: model vs analytic, 1 vs 2 ranks, memory"
-    )
-    b.add_argument("--model", required=True)
-    b.add_argument("--out", required=True)
-    b.add_argument("--mesh", type=int, default=128)
-    b.add_argument("--steps", type=int, default=8)
-    b.set_defaults(func=bench_spinodal)
-    p = groups["simulate"].add_parser(
-        "spinodal", help="Cahn–Hilliard + finite-strain elasticity (serial or mpirun)"
-    )
-    p.add_argument("--model", help="a trained mechanochemical model file")
-    p.add_argument("--out", required=True)
-    p.add_argument(
-        "--analytic", action="store_true", help="the data model's ψ in pure UFL (reference run)"
-    )
-    p.add_argument("--dim", type=int, default=2, choices=[2, 3])
-    p.add_argument("--mesh", type=int, default=32)
-    p.add_argument("--t-end", type=float, default=0.3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-steps", type=int, default=400)
-    p.set_defaults(func=simulate_spinodal)

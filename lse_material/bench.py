@@ -7,6 +7,9 @@ run, float64, one thread:
   the fused CPU kernel when it is built, reported as ``closed_form_kernel``;
 - ``closed_form_torch``: the same closed form in torch operations (``LSE_MATERIAL_NATIVE=0``;
   the GPU path);
+- ``loaded_derivatives``: ``lse_material.load(model).derivatives(x)`` as a user writes it (no
+  ``requires_grad_``, no ``no_grad``, no chunks): it must run at the kernel's speed
+  (``loaded_derivatives_over_closed_form`` ≈ 1);
 - ``vmap_jacfwd``: per-point ``torch.func.vmap(jacfwd(grad(ψ)))`` — the pattern of the
   dolfinx-external-operator ICNN demo;
 - ``autograd``: batched autograd, one backward for the gradient and d double-backwards for
@@ -78,6 +81,11 @@ def bench_law(
         x = lo + (hi - lo) * u
     else:
         x = 2 * u - 1
+    loaded = load(model)  # as a user gets it: the public path, nothing switched off
+
+    def loaded_derivatives():
+        return loaded.derivatives(x)
+
     law.requires_grad_(False)
 
     def closed_form():
@@ -125,6 +133,7 @@ def bench_law(
     times = {
         "closed_form": _best_time(closed_form, repeats),
         "closed_form_torch": _best_time(closed_form_torch, repeats),
+        "loaded_derivatives": _best_time(loaded_derivatives, repeats),
         "autograd": _best_time(autograd, repeats),
         "vmap_jacfwd": _best_time(vmap_jacfwd, 1),
     }
@@ -138,6 +147,7 @@ def bench_law(
         "seconds": times,
         "microseconds_per_point": {k: 1e6 * v / points for k, v in times.items()},
         "speedup_vs_vmap_jacfwd": times["vmap_jacfwd"] / times["closed_form"],
+        "loaded_derivatives_over_closed_form": times["loaded_derivatives"] / times["closed_form"],
         "speedup_vs_autograd": times["autograd"] / times["closed_form"],
         "closed_form_kernel": "fused C kernel" if _native.available() else "torch",
         "speedup_torch_path_vs_autograd": times["autograd"] / times["closed_form_torch"],
@@ -147,6 +157,11 @@ def bench_law(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "summary.json", result)
-    keys = ("microseconds_per_point", "speedup_vs_vmap_jacfwd", "speedup_vs_autograd")
+    keys = (
+        "microseconds_per_point",
+        "speedup_vs_vmap_jacfwd",
+        "speedup_vs_autograd",
+        "loaded_derivatives_over_closed_form",
+    )
     print(json.dumps({k: result[k] for k in keys}, indent=2))
     return result

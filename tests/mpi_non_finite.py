@@ -9,13 +9,10 @@ import sys
 
 import numpy as np
 import ufl
-from lse_material.fem_cases.verification import mechanochemical_inputs
 from lse_material.training.data import mechanochemical as mc
 from mpi4py import MPI
 
-from lse_material.fem._dolfinx import dolfinx
-from lse_material.fem.newton import LawNewtonSolver
-from lse_material.fem.quadrature import QuadratureLaw
+from lse_material.fem import LawNewtonSolver, QuadratureLaw, dolfinx
 
 
 def main(prefix: str) -> None:
@@ -26,7 +23,7 @@ def main(prefix: str) -> None:
     c = dolfinx.fem.Function(dolfinx.fem.functionspace(mesh, ("DG", 0)))
     if comm.rank == 0:
         c.x.array[0] = np.nan  # an owned cell of rank 0 only
-    inputs, _ = mechanochemical_inputs(u, c)
+    inputs, _ = mc.ufl_inputs(u, c)
     law = QuadratureLaw(mc.potential(), inputs, mesh, quadrature_degree=2)
     F = ufl.derivative(law.energy_density() * law.dx, u, ufl.TestFunction(V))
     solver = LawNewtonSolver(F, u, [law], prefix="mpi_nan_")

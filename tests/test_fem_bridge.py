@@ -1,5 +1,6 @@
 """The DOLFINx bridge: oracle against pure UFL (2-D and 3-D), Taylor test, quadratic Newton,
-clear errors (serial and on one of two ranks), diagnostics, serial = MPI."""
+inputs by name, prescribed fields marked fixed, clear errors that name the input (serial and on
+one of two ranks), diagnostics, serial = MPI, a rank without cells."""
 
 import json
 import subprocess
@@ -10,19 +11,22 @@ import numpy as np
 import pytest
 import torch
 import ufl
-from lse_material.fem_cases.verification import mechanochemical_inputs, solve_block
 from lse_material.training.data import mechanochemical as mc
 from mpi4py import MPI
 from petsc4py import PETSc
 
-from lse_material.fem import QuadratureLaw, convergence_orders
-from lse_material.fem._dolfinx import dolfinx
+from lse_material.errors import TrainingBoxWarning
+from lse_material.fem import (
+    LawNewtonSolver,
+    QuadratureLaw,
+    dolfinx,
+)
 from lse_material.lse import LSEICNN
-from lse_material.potential import AnalyticPotential
 
 pytestmark = pytest.mark.fem
 ROOT = Path(__file__).resolve().parents[1]
 MPIRUN = str(Path(sys.executable).parent / "mpirun")
+LSE = str(Path(sys.executable).parent / "lse-material")
 EPS = np.finfo(np.float64).eps
 
 
@@ -47,9 +51,7 @@ def _cube(n=2):
     rng = np.random.default_rng(2)
     u.x.array[:] = 0.05 * rng.standard_normal(u.x.array.size)
     c.x.array[:] = rng.uniform(0.0, 1.0, c.x.array.size)
-    F = ufl.Identity(3) + ufl.grad(u)
-    E = 0.5 * (F.T * F - ufl.Identity(3))
-    inputs = ufl.as_vector([E[0, 0], E[1, 1], E[2, 2], 2 * E[1, 2], 2 * E[0, 2], 2 * E[0, 1], c])
+    inputs, E = mc.ufl_inputs(u, c)
     return mesh, V, u, c, inputs, E
 
 
@@ -85,7 +87,7 @@ def _oracle_differences(u, V, law, E, c):
 
 def test_law_with_the_analytic_energy_assembles_the_pure_ufl_forms():
     mesh, V, u, c = _block()
-    inputs, E = mechanochemical_inputs(u, c)
+    inputs, E = mc.ufl_inputs(u, c)
     law = QuadratureLaw(mc.potential(), inputs, mesh, quadrature_degree=4)
     dF, dJ = _oracle_differences(u, V, law, E, c)
     assert dF < 1e-10 and dJ < 1e-10, (dF, dJ)
@@ -103,7 +105,7 @@ def test_oracle_in_3d_with_all_seven_inputs():
 
 def test_taylor_test_of_the_jacobian():
     mesh, V, u, c = _block()
-    inputs, E = mechanochemical_inputs(u, c)
+    inputs, E = mc.ufl_inputs(u, c)
     law = QuadratureLaw(mc.potential(), inputs, mesh, quadrature_degree=4)
     F_law, J_law, _, _ = _forms(u, V, law, E, c)
     u0 = u.x.array.copy()
@@ -126,46 +128,18 @@ def test_taylor_test_of_the_jacobian():
     assert np.all(slopes > 1.9) and np.all(slopes < 2.1), slopes  # O(h²): the Jacobian is exact
 
 
-@pytest.mark.parametrize("use_law", [False, True])
-def test_newton_converges_quadratically(use_law):
-    result = solve_block(mc.potential() if use_law else None, mesh_n=6)
-    norms = result.newton.residual_norms
-    assert result.newton.converged and norms[-1] < 1e-9 * norms[0]
-    # Order of convergence from the last three norms above the round-off floor.
-    above_floor = [n for n in norms if n > 1e3 * EPS * norms[0]]
-    order = convergence_orders(above_floor)[-1]
-    assert order > 1.8, (order, norms)
-
-
-def test_the_analytic_law_and_pure_ufl_agree_in_the_block():
-    """Same block, same mesh: the analytic ψ at quadrature points vs in UFL, to solver tolerance."""
-    ufl_result = solve_block(None, mesh_n=6)
-    law_result = solve_block(mc.potential(), mesh_n=6)
-    assert law_result.law is not None and ufl_result.law is None
-    assert abs(law_result.reaction - ufl_result.reaction) < 1e-8 * abs(ufl_result.reaction)
-    du = law_result.u.x.array - ufl_result.u.x.array
-    assert np.linalg.norm(du) < 1e-8 * np.linalg.norm(ufl_result.u.x.array)
-
-
 def test_non_finite_inputs_raise_naming_the_cells():
     mesh, V, u, c = _block()
     c.x.array[3] = np.nan
-    inputs, _ = mechanochemical_inputs(u, c)
+    inputs, _ = mc.ufl_inputs(u, c)
     law = QuadratureLaw(mc.potential(), inputs, mesh, quadrature_degree=2)
     with pytest.raises(
         ValueError,
-        match=r"non-finite inputs .* at 3 quadrature points .* in 1 cells \(global cell indices \[3\]; local \[3\]\)",
+        match=r"non-finite inputs .* at 3 quadrature points .*, in c \(3 points\); .* in 1 cells "
+        r"\(global cell indices \[3\]; local \[3\]\)",
     ):
         law.update()
     assert law.evaluations == 0
-
-
-def test_non_finite_law_output_inside_newton_raises_a_value_error_not_a_petsc_error():
-    def broken(x):
-        return torch.where(x[:, 0] > 0.15, torch.nan, mc.energy(x))
-
-    with pytest.raises(ValueError, match="the law returned non-finite values at"):
-        solve_block(AnalyticPotential(broken, mc.INPUT_NAMES), mesh_n=4, stretch=0.2)
 
 
 def test_points_outside_the_training_box_warn_or_raise():
@@ -177,15 +151,21 @@ def test_points_outside_the_training_box_warn_or_raise():
             return mc.potential().derivatives(x, hessian=hessian, wrt=wrt)
 
     mesh, V, u, c = _block()
-    inputs, _ = mechanochemical_inputs(u, c)
+    inputs, _ = mc.ufl_inputs(u, c)
     law = QuadratureLaw(Boxed(), inputs, mesh, quadrature_degree=2, on_outside="raise")
     with pytest.raises(ValueError, match="outside the model's training box"):
         law.update()
     law.update(check_box=False)  # what the Newton driver does on trial iterates
-    with pytest.raises(ValueError, match="outside the model's training box"):
+    with pytest.raises(ValueError, match="outside the model's training box") as raised:
         law.check_training_box()  # ... and this, once, on the converged state
+    # The message names each input that left its interval, its range and by how much.
+    E11 = law.point_values(law.x0)[:, 0]
+    beyond = 100 * max(-0.01 - E11.min(), E11.max() - 0.01) / 0.02
+    assert f"E11 in [{E11.min():.4g}, {E11.max():.4g}] (trained [-0.01, 0.01];" in str(raised.value)
+    assert f"up to {beyond:.1f}% of the width beyond" in str(raised.value)
+    assert "E33" not in str(raised.value) and "c in" not in str(raised.value)  # inside
     law.on_outside = "warn"
-    with pytest.warns(RuntimeWarning, match="outside the model's training box"):
+    with pytest.warns(TrainingBoxWarning, match=r"outside the model's training box.*2E12 in \["):
         law.update()
     law.on_outside = "ignore"
     law.update()
@@ -195,7 +175,7 @@ def test_points_outside_the_training_box_warn_or_raise():
 def test_minimum_tangent_eigenvalue_field():
     mesh, V, u, c = _block()
     u.x.array[:] = 0.0
-    inputs, _ = mechanochemical_inputs(u, c)
+    inputs, _ = mc.ufl_inputs(u, c)
     law = QuadratureLaw(mc.potential(), inputs, mesh, quadrature_degree=2)
     law.update()
     law.update_diagnostics()
@@ -219,7 +199,7 @@ def test_phase_weights_of_a_mixture_at_quadrature_points():
         7, 3, (4,), input_names=mc.INPUT_NAMES, generator=torch.Generator().manual_seed(0)
     )
     mesh, V, u, c = _block(n=2)
-    inputs, _ = mechanochemical_inputs(u, c)
+    inputs, _ = mc.ufl_inputs(u, c)
     law = QuadratureLaw(model, inputs, mesh, quadrature_degree=2, chunk=7)
     law.update()
     weights = law.point_values(law.phase_weights)  # (n_points, 3)
@@ -235,9 +215,14 @@ def test_phase_weights_of_a_mixture_at_quadrature_points():
 
 def test_bad_arguments_say_how_to_fix():
     mesh, V, u, c = _block(n=2)
-    inputs, _ = mechanochemical_inputs(u, c)
+    inputs, _ = mc.ufl_inputs(u, c)
     with pytest.raises(ValueError, match="length 7"):
-        QuadratureLaw(mc.potential(), ufl.as_vector([inputs[0], inputs[1]]), mesh)
+        QuadratureLaw(mc.potential(), ufl.as_vector([inputs["E11"], inputs["E22"]]), mesh)
+    with pytest.raises(TypeError, match=r"Python list of 7 items; pass ufl.as_vector") as raised:
+        QuadratureLaw(mc.potential(), list(inputs.values()), mesh)
+    assert len(str(raised.value)) < 300  # not a page of the UFL expression tree
+    with pytest.raises(ValueError, match=r"fixed must be a list of input names"):
+        QuadratureLaw(mc.potential(), inputs, mesh, fixed=["concentration"])
     with pytest.raises(ValueError, match="on_outside"):
         QuadratureLaw(mc.potential(), inputs, mesh, on_outside="sometimes")
     with pytest.raises(TypeError, match="AnalyticPotential"):
@@ -263,21 +248,25 @@ def test_non_finite_values_on_one_rank_raise_on_both(tmp_path):
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("mode", [["--ufl"], []])
-def test_serial_and_two_ranks_agree(tmp_path, mode):
-    results = []
-    for ranks in (1, 2):
+def test_a_rank_without_cells_takes_part_and_changes_nothing(tmp_path):
+    """3 ranks on 2 cells (one rank owns none): update, checks, diagnostics and Newton for
+    QuadratureLaw and QuadratureStateLaw give the numbers of the run on 1 rank to 1e-12."""
+    script = str(ROOT / "tests" / "mpi_empty_rank.py")
+    runs = {}
+    for ranks in (1, 3):
         out = tmp_path / f"r{ranks}.json"
-        cmd = [MPIRUN, "-n", str(ranks), sys.executable, "-m", "lse_material.fem_cases.verification"]
-        subprocess.run(
-            [*cmd, "--mesh", "6", "--out", str(out), *mode], check=True, cwd=ROOT, timeout=300
-        )
-        results.append(json.loads(out.read_text()))
-    serial, parallel = results
-    assert parallel["ranks"] == 2 and serial["converged"] and parallel["converged"]
-    assert abs(parallel["reaction"] - serial["reaction"]) <= 1e-8 * abs(serial["reaction"])
-    assert abs(parallel["u_norm"] - serial["u_norm"]) <= 1e-8 * serial["u_norm"]
-    assert parallel["iterations"] == serial["iterations"]
+        cmd = [MPIRUN, "-n", str(ranks), sys.executable, script, str(out)]
+        subprocess.run(cmd, check=True, cwd=ROOT, timeout=300)
+        runs[ranks] = json.loads(out.read_text())
+    balanced, unbalanced = runs[1], runs[3]
+    assert unbalanced["ranks"] == 3 and 0 in unbalanced["cells_per_rank"]
+    assert balanced.keys() == unbalanced.keys()
+    for key in balanced:
+        if key in ("ranks", "cells_per_rank", "nan_raised_on_every_rank"):
+            continue
+        a, b = np.asarray(balanced[key], dtype=float), np.asarray(unbalanced[key], dtype=float)
+        assert a.shape == b.shape and np.allclose(a, b, rtol=1e-12, atol=1e-12), (key, a, b)
+    assert unbalanced["nan_raised_on_every_rank"] == 3
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -294,7 +283,7 @@ def test_law_on_the_gpu_fills_the_same_functions(tmp_path):
     model = lse_material.load(tmp_path / "model.safetensors")
     assert isinstance(model, LSEICNN) and model.card["training"]
     mesh, V, u, c = _block(n=2)
-    inputs, _ = mechanochemical_inputs(u, c)
+    inputs, _ = mc.ufl_inputs(u, c)
     cpu = QuadratureLaw(model, inputs, mesh, quadrature_degree=2)
     gpu = QuadratureLaw(model, inputs, mesh, quadrature_degree=2, device="cuda", chunk=5)
     with warnings.catch_warnings():  # extrapolation does not matter here: CPU = GPU does
@@ -305,3 +294,49 @@ def test_law_on_the_gpu_fills_the_same_functions(tmp_path):
         a, b = getattr(cpu, name).x.array, getattr(gpu, name).x.array
         assert np.isfinite(a).all() and np.abs(a).max() > 0, name
         assert np.allclose(a, b, rtol=1e-10, atol=1e-10 * np.abs(a).max()), name
+
+
+def test_inputs_by_name_in_any_order_give_the_vector_form():
+    mesh, V, u, c = _block(n=2)
+    inputs, _ = mc.ufl_inputs(u, c)
+    vector = QuadratureLaw(mc.potential(), ufl.as_vector(list(inputs.values())), mesh)
+    shuffled = dict(reversed(list(inputs.items())))  # c first, E11 last: names, not positions
+    by_name = QuadratureLaw(mc.potential(), shuffled, mesh)
+    vector.update()
+    by_name.update()
+    assert by_name.live == vector.live
+    for name in ("x0", "psi0", "s", "H"):
+        assert np.array_equal(getattr(by_name, name).x.array, getattr(vector, name).x.array)
+
+
+def test_an_order_mistake_is_caught_by_name():
+    """The tensor shear E12 passed where the engineering shear 2E12 belongs: named, not silent."""
+    mesh, V, u, c = _block(n=2)
+    inputs, E = mc.ufl_inputs(u, c)
+    wrong = {k: v for k, v in inputs.items() if k != "2E12"} | {"E12": E[0, 1]}
+    with pytest.raises(ValueError, match=r"unknown \['E12'\], missing \['2E12'\]") as raised:
+        QuadratureLaw(mc.potential(), wrong, mesh)
+    assert "engineering shear '2E12' = 2·E12" in str(raised.value)
+    with pytest.raises(TypeError, match=r"input 'c': list is not a UFL expression"):
+        QuadratureLaw(mc.potential(), inputs | {"c": [0.5]}, mesh)
+
+
+def test_an_input_marked_fixed_that_depends_on_the_unknowns_is_refused():
+    mesh, V, u, c = _block(n=2)
+    inputs, _ = mc.ufl_inputs(u, c)
+    law = QuadratureLaw(mc.potential(), inputs, mesh, fixed=["E11"])
+    F = ufl.derivative(law.energy_density() * law.dx, u, ufl.TestFunction(V))
+    with pytest.raises(ValueError, match=r"input 'E11' is marked fixed but depends on the unknown"):
+        LawNewtonSolver(F, u, [law], prefix="fixed_check_")
+
+
+def test_another_snes_type_drops_the_default_line_search():
+    mesh, V, u, c = _block(n=2)
+    inputs, _ = mc.ufl_inputs(u, c)
+    law = QuadratureLaw(mc.potential(), inputs, mesh)
+    F = ufl.derivative(law.energy_density() * law.dx, u, ufl.TestFunction(V))
+    default = LawNewtonSolver(F, u, [law], prefix="ls_default_")
+    trust = LawNewtonSolver(F, u, [law], prefix="ls_tr_", petsc_options={"snes_type": "newtontr"})
+    assert default.petsc_options["snes_linesearch_type"] == "bt"
+    assert "snes_linesearch_type" not in trust.petsc_options
+    assert trust.problem.solver.getType() == "newtontr"

@@ -9,19 +9,19 @@ import numpy as np
 import pytest
 import torch
 import ufl
-from lse_material.fem_cases.metamaterial import DATA_DT, force_difference, simulate_metamaterial
+from lse_material.fem_cases.metamaterial import force_difference, simulate_metamaterial
 from lse_material.training.data import metamaterial as mm
-from lse_material.training.metamaterial import ReferenceLaw, build_model, train_metamaterial
+from lse_material.training.data.metamaterial import ReferenceLaw
+from lse_material.training.metamaterial import build_model, train_metamaterial
 from mpi4py import MPI
 
-from lse_material.fem._dolfinx import dolfinx
-from lse_material.fem.newton import LawNewtonSolver
-from lse_material.fem.state_law import QuadratureStateLaw
+from lse_material.fem import LawNewtonSolver, NewtonResult, QuadratureStateLaw, dolfinx
 from lse_material.hidden_state import tensor_to_voigt
 
 pytestmark = pytest.mark.fem
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"nx": 40, "ny": 2, "amplitudes": (-0.2,), "steps_per_cycle": 30}
+DATA_DT = mm.data_time_step()
 
 
 def _untrained_model():
@@ -142,13 +142,24 @@ def test_reference_bar_fronts_run_from_the_imperfection(tmp_path):
     assert (tmp_path / "fields.bp").exists() and (tmp_path / "force_displacement.png").exists()
 
 
-def test_a_forced_failure_is_cut_and_retried(tmp_path):
+def test_a_forced_failure_is_cut_and_retried(tmp_path, monkeypatch, capsys):
+    """A failure injected from outside: the 12th Newton solve reports divergence (after really
+    solving, so the laws hold a trial to revert); the step is cut, retried and completes."""
     plain = simulate_metamaterial(out=tmp_path / "a", reference=True, **SMALL).summary
-    forced = simulate_metamaterial(
-        out=tmp_path / "b", reference=True, fail_step=12, **SMALL
-    ).summary
+    solve, calls = LawNewtonSolver.solve, []
+
+    def failing_once(self) -> NewtonResult:
+        result = solve(self)
+        calls.append(result)
+        return result._replace(converged=False) if len(calls) == 12 else result
+
+    monkeypatch.setattr(LawNewtonSolver, "solve", failing_once)
+    forced = simulate_metamaterial(out=tmp_path / "b", reference=True, **SMALL).summary
     assert plain["failed_steps"] == 0 and forced["failed_steps"] == 1
+    assert forced["max_cuts_used"] == 1 and len(forced["force"]) == len(plain["force"])
     assert force_difference(forced, plain) < 1e-2
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step")]
+    assert len(lines) == 2 * forced["steps"] and "newton" in lines[-1] and "force" in lines[-1]
 
 
 @pytest.mark.mpi
@@ -226,6 +237,22 @@ def test_bad_options_raise(tmp_path):
         QuadratureStateLaw(ReferenceLaw(), ufl.as_vector([1.0, 2.0]), mesh)
 
 
+def test_strain_by_name_and_list_errors():
+    mesh = dolfinx.mesh.create_unit_square(MPI.COMM_WORLD, 2, 2)
+    u = dolfinx.fem.Function(dolfinx.fem.functionspace(mesh, ("Lagrange", 1, (2,))))
+    e = ufl.sym(ufl.grad(u))
+    named = {"eps11": e[0, 0], "eps22": e[1, 1], "eps33": 0, "2eps23": 0, "2eps13": 0}
+    with pytest.raises(ValueError, match=r"engineering shear '2eps12' = 2·eps12"):
+        QuadratureStateLaw(ReferenceLaw(), named | {"eps12": e[0, 1]}, mesh)
+    with pytest.raises(TypeError, match="Python list of 6 items; pass ufl.as_vector"):
+        QuadratureStateLaw(ReferenceLaw(), [e[0, 0], e[1, 1], 0, 0, 0, 2 * e[0, 1]], mesh)
+    law = QuadratureStateLaw(ReferenceLaw(), named | {"2eps12": 2 * e[0, 1]}, mesh)
+    u.interpolate(lambda p: np.vstack([-0.1 * p[0], 0.02 * p[0]]))
+    law.update()
+    strain = law.quadrature.read(law.eps0)
+    assert np.allclose(strain[:, 0], -0.1) and np.allclose(strain[:, 5], 0.02)
+
+
 def test_non_finite_strains_raise_naming_the_cells():
     mesh = dolfinx.mesh.create_unit_square(MPI.COMM_WORLD, 2, 2)
     V = dolfinx.fem.functionspace(mesh, ("Lagrange", 1, (2,)))
@@ -237,5 +264,7 @@ def test_non_finite_strains_raise_naming_the_cells():
     law.update()
     u.x.array[0] = np.nan
     u.x.scatter_forward()
-    with pytest.raises(ValueError, match=r"non-finite strains .*global cell indices"):
+    with pytest.raises(
+        ValueError, match=r"non-finite strains .* in eps11 \(\d+ points\).*global cell"
+    ):
         law.update()

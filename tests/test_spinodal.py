@@ -1,8 +1,10 @@
 """The spinodal FE case: conservation, energy decay, model vs analytic, serial vs mpirun -n 2."""
 
 import json
+import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,7 @@ import pytest
 from lse_material.fem_cases.spinodal import simulate_spinodal
 from lse_material.training.mechanochemical import train_mechanochemical
 
+from lse_material.errors import TrainingBoxWarning
 from tests.conftest import FULL
 
 pytestmark = pytest.mark.fem
@@ -33,8 +36,17 @@ def _check_physics(summary):
     assert summary["failed_steps"] == 0 and len(summary["time"]) == len(energy)  # no step cut
 
 
-def test_model_run_matches_the_analytic_run(tmp_path, model_file):
-    model = simulate_spinodal(out=tmp_path / "m", model=model_file, mesh=MESH, t_end=T_END).summary
+def test_model_run_matches_the_analytic_run(tmp_path, model_file, capsys):
+    with warnings.catch_warnings(record=True) as seen:  # c overshoots [0, 1] at interfaces
+        warnings.simplefilter("always", TrainingBoxWarning)
+        run = simulate_spinodal(out=tmp_path / "m", model=model_file, mesh=MESH, t_end=T_END)
+    model = run.summary
+    for warning in seen:  # if the law extrapolates at all, then at a few points, in c only
+        assert re.match(r"0\.\d\d% of the quadrature points .*: c in \[", str(warning.message))
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step")]
+    assert len(lines) == model["steps"]  # one progress line per step
+    assert f"newton {model['newton_iterations'][-1]:2d}" in lines[-1]
+    assert f"energy = {model['energy'][-1]:.8g}" in lines[-1]
     reference = simulate_spinodal(out=tmp_path / "a", analytic=True, mesh=MESH, t_end=T_END).summary
     _check_physics(model)
     _check_physics(reference)
@@ -78,8 +90,11 @@ def test_serial_and_two_ranks_give_the_same_energy_history(tmp_path, model_file)
     _check_physics(parallel)
 
 
-def test_bad_options_raise():
+def test_bad_options_raise(tmp_path):
     with pytest.raises(ValueError, match="--model"):
         simulate_spinodal(out="unused")
     with pytest.raises(ValueError, match="dim"):
         simulate_spinodal(out="unused", analytic=True, dim=4)
+    with pytest.raises(FileNotFoundError):  # a missing model file leaves no empty output folder
+        simulate_spinodal(out=tmp_path / "run", model=tmp_path / "missing.safetensors")
+    assert not (tmp_path / "run").exists()

@@ -9,8 +9,9 @@ components σ11, σ22, σ33, each divided by its standard deviation over the tra
 shear components are zero in the data and, for uniaxial strain, exactly zero in the model).
 No L1 on the gates: SPEC fixes two modes.
 
-Also here: ``ReferenceLaw``, the data model's return mapping behind the internal-state law
-interface of ``lse_material.hidden_state`` (state = ξ), the reference of the FE case.
+``ReferenceLaw`` (the data model's return mapping behind the internal-state law interface,
+the reference of the FE case) lives with its data model in
+``lse_material.training.data.metamaterial``; it is re-exported here.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import NamedTuple
 
 import torch
 from lse_material.training.data import metamaterial as mm
+from lse_material.training.data.metamaterial import ReferenceLaw  # re-exported (it lives there)
 from lse_material.training.fit import (
     FitOptions,
     FitResult,
@@ -35,14 +37,11 @@ from lse_material.atomic import write_json
 from lse_material.hidden_state import (
     ODE_INPUT_NAMES,
     HiddenStateMaterial,
-    StepResult,
     ode_invariants,
     strain_invariants,
     tensor_to_voigt,
-    voigt_to_tensor,
 )
 from lse_material.plotting import save_figure, subplots
-from lse_material.potential import as_float64_tensor
 
 __all__ = [
     "MetamaterialTraining",
@@ -59,50 +58,6 @@ ANNEAL = 0.15  # fraction of the epochs trained at lr/10 at the end [ours]
 class MetamaterialTraining(NamedTuple):
     summary: dict
     model: HiddenStateMaterial
-
-
-# --------------------------------------------------------------------------- reference law
-class ReferenceLaw:
-    """The data model (SPEC §5) as an internal-state law: state ``ξ`` ``(P, 1)``.
-
-    ``step`` is the exact return mapping of ``lse_material.training.data.metamaterial`` at the end-of-step
-    strain (rate independent: ``dt`` is accepted and unused); the tangent is the algorithmic
-    one, by autograd through the closed-form return mapping (exact: it is piecewise affine).
-    Voigt conventions of ``lse_material.hidden_state``. ``fixed_phase=True`` keeps ξ ≡ 0.
-    """
-
-    input_names = lse_material.hidden_state.STRAIN_NAMES
-    n_state = 1
-
-    def __init__(self, *, params: mm.MetamaterialParams | None = None, fixed_phase: bool = False):
-        self.params = mm.MetamaterialParams() if params is None else params
-        self.fixed_phase = fixed_phase
-
-    def initial_state(self, n_points: int) -> torch.Tensor:
-        return torch.zeros(n_points, 1, dtype=torch.float64)
-
-    def step(self, strain_old, state_old, strain_new, *, dt: float, tangent: bool = True):
-        del strain_old, dt  # rate independent; the committed ξ is all the history it needs
-        eps_new = as_float64_tensor(strain_new, 6, name="strain_new")
-        xi_old = as_float64_tensor(state_old, 1, name="state_old")[:, 0]
-        with torch.enable_grad():
-            e = eps_new.detach().clone().requires_grad_(tangent)
-            eps = voigt_to_tensor(e)
-            xi = (
-                xi_old.clone()
-                if self.fixed_phase
-                else mm.return_mapping(eps, xi_old.detach(), params=self.params)
-            )
-            sigma = tensor_to_voigt(mm.stress(eps, xi, params=self.params), engineering=False)
-            C = None
-            if tangent:
-                rows = [
-                    torch.autograd.grad(sigma[:, j].sum(), e, retain_graph=j < 5)[0]
-                    for j in range(6)
-                ]
-                C = torch.stack(rows, dim=1)
-        xi = xi.detach()
-        return StepResult(sigma.detach(), C, xi[:, None].clone(), xi.clone())
 
 
 # --------------------------------------------------------------------------- training

@@ -2,23 +2,29 @@
 
 ``LawNewtonSolver`` is ``dolfinx.fem.petsc.NonlinearProblem`` with its two SNES callbacks
 wrapped: before DOLFINx assembles ``F`` or ``J`` at an iterate ``x``, the iterate is copied
-into ``u`` and every law's ``update()`` runs (once per distinct ``x``). The problem object
-stays available as ``solver.problem`` (its ``solver`` attribute is the SNES).
+into ``u`` and every law's ``update(check_box=False)`` runs (once per distinct ``x``). The
+laws follow ``lse_material.fem.protocol.Law``. The problem object stays available as
+``solver.problem`` (its ``solver`` attribute is the SNES).
+
+``solve_with_cuts`` is the step every time-stepping case shares: save the unknowns, solve,
+and on failure restore them, ``revert()`` the laws and retry with half the step; on success
+``commit()`` the laws.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
 from mpi4py import MPI
 
 from lse_material.fem._dolfinx import dolfinx
+from lse_material.fem.protocol import check_laws
 
-__all__ = ["LawNewtonSolver", "NewtonResult", "convergence_orders"]
+__all__ = ["CutSolve", "LawNewtonSolver", "NewtonResult", "convergence_orders", "solve_with_cuts"]
 
 
 def convergence_orders(residual_norms: Sequence[float]) -> list[float]:
@@ -61,11 +67,12 @@ class LawNewtonSolver:
 
     Args:
         F: residual form (or a list of forms for a blocked problem); u: the unknown
-            Function(s); laws: objects with ``update()`` (QuadratureLaws) whose inputs depend
-            on u.
+            Function(s); laws: laws (``lse_material.fem.protocol.Law``: QuadratureLaw,
+            QuadratureStateLaw) whose inputs depend on u.
         J: Jacobian form (default ``derivative(F, u)``); bcs: Dirichlet conditions.
         petsc_options: SNES/KSP options, merged over ``DEFAULT_OPTIONS`` (Newton with
-            backtracking line search, direct LU with MUMPS).
+            backtracking line search, direct LU with MUMPS); with another ``snes_type`` the
+            default line search is left out (PETSc would warn that it is unused).
         prefix: PETSc options prefix (unique per solver).
         **problem_options: passed on to ``dolfinx.fem.petsc.NonlinearProblem`` (``kind``,
             ``P``, ``entity_maps``, ...).
@@ -73,7 +80,8 @@ class LawNewtonSolver:
     An exception in a law (non-finite values) stops the solve and is re-raised as itself from
     ``solve()``, not as a PETSc error code. The training-box check of laws that have one
     (``check_training_box``) runs once, after a converged solve, on the converged state:
-    Newton's trial iterates may pass outside the box on the way.
+    Newton's trial iterates may pass outside the box on the way. After ``solve()`` the laws
+    hold the trial at the returned ``u``.
     """
 
     DEFAULT_OPTIONS = {
@@ -100,12 +108,15 @@ class LawNewtonSolver:
         prefix: str = "lse_newton_",
         **problem_options,
     ):
+        user = dict(petsc_options or {})
         options = dict(self.DEFAULT_OPTIONS)
-        options.update(petsc_options or {})
-        self.u, self.laws = u, list(laws)
+        if user.get("snes_type", "newtonls") != "newtonls":
+            del options["snes_linesearch_type"]  # only newtonls has a line search
+        options.update(user)
+        self.petsc_options = options
+        self.u, self.laws = u, check_laws(laws)
         for law in self.laws:
-            if not callable(getattr(law, "update", None)):
-                raise TypeError(f"laws must have an update() method; got {type(law).__name__}.")
+            law.check_fixed(u)
         self.problem = dolfinx.fem.petsc.NonlinearProblem(
             F,
             u,
@@ -149,11 +160,8 @@ class LawNewtonSolver:
             dolfinx.fem.petsc.assign(x, self.u)
             for function in self.u if isinstance(self.u, Sequence) else [self.u]:
                 function.x.scatter_forward()
-            for law in self.laws:
-                if hasattr(law, "check_training_box"):  # checked on the converged state only
-                    law.update(check_box=False)
-                else:
-                    law.update()
+            for law in self.laws:  # the training box: checked on the converged state only
+                law.update(check_box=False)
             self._last_x = current.copy()
         except Exception as error:  # handed to solve(), which re-raises it as itself
             self._error = error
@@ -174,9 +182,55 @@ class LawNewtonSolver:
         snes = self.problem.solver
         reason = snes.getConvergedReason()
         if reason > 0:  # trial iterates may wander outside the training box; the result may not
+            self._refresh(self.problem.x)  # the laws at the returned u (a no-op when they are)
             for law in self.laws:
-                if hasattr(law, "check_training_box"):
-                    law.check_training_box()
+                law.check_training_box()
         return NewtonResult(
             reason > 0, snes.getIterationNumber(), list(self.residual_norms), reason, seconds
         )
+
+
+class CutSolve(NamedTuple):
+    """result: the converged NewtonResult; size: the step size it converged with; cuts: how
+    many times the step was halved (failed solves) before that."""
+
+    result: NewtonResult
+    size: float
+    cuts: int
+
+
+def solve_with_cuts(
+    solver: LawNewtonSolver,
+    prepare: Callable[[float], None],
+    size: float,
+    *,
+    max_cuts: int,
+    what: str = "step",
+) -> CutSolve:
+    """One step of size ``size``, halved and retried until Newton converges.
+
+    ``prepare(size)`` sets up a trial of that size from the saved state (boundary values, Δt,
+    a predictor); it runs after the unknowns are restored. On a failed solve the unknowns are
+    restored and every law ``revert()``-ed (the failed trial leaves no trace); after a
+    converged one every law is ``commit()``-ed. Raises RuntimeError after ``max_cuts`` cuts.
+    Collective (every rank cuts together: convergence is a global decision of SNES).
+    """
+    unknowns = solver.u if isinstance(solver.u, Sequence) else [solver.u]
+    saved = [u.x.array.copy() for u in unknowns]
+    for cuts in range(max_cuts + 1):
+        prepare(size)
+        result = solver.solve()
+        if result.converged:
+            for law in solver.laws:
+                law.commit()
+            return CutSolve(result, size, cuts)
+        for law in solver.laws:
+            law.revert()
+        for u, values in zip(unknowns, saved):
+            u.x.array[:] = values
+            u.x.scatter_forward()
+        size /= 2
+    raise RuntimeError(
+        f"{what}: Newton failed with the step cut {max_cuts} times (last size {2 * size:.3g}, "
+        f"SNES reason {result.reason}); reduce the step or check the law."
+    )

@@ -198,3 +198,30 @@ def extrapolation_path(
     a = t * e_bar / math.sqrt(6.0)
     x[:, 0], x[:, 1], x[:, 2], x[:, 6] = a, a, -2 * a, t
     return t, x
+
+
+def ufl_inputs(u, c):
+    """The law's inputs by name, and the 3×3 Lagrange strain, of a displacement ``u`` and ``c``.
+
+    ``u``: a UFL vector of dimension 2 (plane strain: E33 = E13 = E23 = 0, embedded in 3×3) or
+    3; ``c``: a UFL scalar. Returns ``(inputs, E)``: ``inputs`` maps each of ``INPUT_NAMES`` to
+    its UFL expression (engineering shears ``2E_IJ``; the plane-strain zeros are literal
+    numbers, so a ``QuadratureLaw`` never differentiates them); ``E`` is what ``energy_ufl``
+    takes, so ``energy_ufl(E, c)`` is the pure-UFL reference of the same law.
+    """
+    import ufl
+
+    (dim,) = ufl.shape(u)
+    if dim not in (2, 3):
+        raise ValueError(f"ufl_inputs needs a 2-D or 3-D displacement; got dimension {dim}.")
+    F = ufl.Identity(dim) + ufl.grad(u)
+    Ed = 0.5 * (F.T * F - ufl.Identity(dim))
+    if dim == 2:
+        E = ufl.as_matrix([[Ed[0, 0], Ed[0, 1], 0], [Ed[1, 0], Ed[1, 1], 0], [0, 0, 0]])
+        shears = (0.0, 0.0, 2 * Ed[0, 1])
+        normal = (Ed[0, 0], Ed[1, 1], 0.0)
+    else:
+        E = Ed
+        shears = (2 * E[1, 2], 2 * E[0, 2], 2 * E[0, 1])
+        normal = (E[0, 0], E[1, 1], E[2, 2])
+    return dict(zip(INPUT_NAMES, (*normal, *shears, c))), E

@@ -23,8 +23,14 @@ from typing import NamedTuple
 
 import torch
 
+from lse_material.hidden_state import STRAIN_NAMES, StepResult, tensor_to_voigt, voigt_to_tensor
+from lse_material.potential import as_float64_tensor
+
 __all__ = [
     "MetamaterialParams",
+    "ReferenceLaw",
+    "data_time_step",
+    "uniaxial_modulus",
     "MetamaterialData",
     "StrainResponse",
     "transformation_strain",
@@ -260,3 +266,59 @@ def sawtooth_histories(
     response = simulate(strain, fixed_phase=fixed_phase, params=params)
     time = torch.linspace(0.0, t_final, n_steps, dtype=torch.float64)
     return MetamaterialData(strain, response.stress, response.xi, time, period, amplitude)
+
+
+def data_time_step(n_steps: int = 100, t_final: float = 1.0) -> float:
+    """The time step of ``sawtooth_histories(n_steps=..., t_final=...)``: ``t_final / (n_steps - 1)``."""
+    return t_final / (n_steps - 1)
+
+
+def uniaxial_modulus(params: MetamaterialParams = MetamaterialParams()) -> float:
+    """``κ + 4μ/3``: the stress per unit strain under uniaxial strain ``ε = ε11 e1⊗e1``."""
+    return params.kappa + 4.0 * params.mu / 3.0
+
+
+class ReferenceLaw:
+    """The data model as an internal-state law (``lse_material.hidden_state``): state ``ξ`` ``(P, 1)``.
+
+    ``step`` is the exact return mapping of this module at the end-of-step strain (rate
+    independent: ``dt`` is accepted and unused); the tangent is the algorithmic one, by
+    autograd through the closed-form return mapping (exact: it is piecewise affine). Voigt
+    conventions of ``lse_material.hidden_state``. ``fixed_phase=True`` keeps ξ ≡ 0.
+    """
+
+    input_names = STRAIN_NAMES
+    n_state = 1
+
+    def __init__(self, *, params: MetamaterialParams | None = None, fixed_phase: bool = False):
+        self.params = MetamaterialParams() if params is None else params
+        self.fixed_phase = fixed_phase
+
+    def initial_state(self, n_points: int) -> torch.Tensor:
+        return torch.zeros(n_points, 1, dtype=torch.float64)
+
+    def step(self, strain_old, state_old, strain_new, *, dt: float, tangent: bool = True):
+        """Return mapping at ``strain_new (P, 6)`` from ``state_old (P, 1)``; a ``StepResult``."""
+        del strain_old, dt  # rate independent; the committed ξ is all the history it needs
+        eps_new = as_float64_tensor(strain_new, 6, name="strain_new")
+        xi_old = as_float64_tensor(state_old, 1, name="state_old")[:, 0]
+        with torch.enable_grad():
+            e = eps_new.detach().clone().requires_grad_(tangent)
+            eps = voigt_to_tensor(e)
+            xi = (
+                xi_old.clone()
+                if self.fixed_phase
+                else return_mapping(eps, xi_old.detach(), params=self.params)
+            )
+            sigma = tensor_to_voigt(stress(eps, xi, params=self.params), engineering=False)
+            C = None
+            if tangent and e.shape[0]:
+                rows = [
+                    torch.autograd.grad(sigma[:, j].sum(), e, retain_graph=j < 5)[0]
+                    for j in range(6)
+                ]
+                C = torch.stack(rows, dim=1)
+            elif tangent:  # no points (a rank that owns no cells)
+                C = e.new_zeros((0, 6, 6))
+        xi = xi.detach()
+        return StepResult(sigma.detach(), C, xi[:, None].clone(), xi.clone())
