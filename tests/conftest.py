@@ -76,3 +76,18 @@ def autograd_derivatives(model, x):
         dim=1,
     )
     return energy.detach(), grad.detach(), hess.detach()
+
+
+# The mechanochemical law at CI size, trained once per session and shared by the tests that
+# need one (training, the README's solver example, the spinodal case). The full protocol
+# (2000 samples, 1000 + 3000 epochs) is what the README reports.
+MECHANOCHEMICAL_CI = {"samples": 1600, "pretrain_epochs": 800, "epochs": 2500, "seed": 0}
+
+
+@pytest.fixture(scope="session")
+def mechanochemical_training(tmp_path_factory):
+    """``(folder, MechanochemicalTraining)`` of the session's CI-sized mechanochemical law."""
+    from lse_material.training.mechanochemical import train_mechanochemical
+
+    out = tmp_path_factory.mktemp("mechanochemical")
+    return out, train_mechanochemical(out=out, plots=True, **MECHANOCHEMICAL_CI)

@@ -120,16 +120,63 @@ def test_sample_shapes_box_and_reproducibility():
     assert data.x.shape == (400, 7) and data.stress.shape == (400, 6)
     assert data.mu.shape == (400,) and data.energy.shape == (400,)
     assert all(t.dtype == torch.float64 for t in data)
+    box = mc.training_box()
+    for j, name in enumerate(mc.INPUT_NAMES):
+        lo, hi = box[name]
+        assert float(data.x[:, j].min()) >= lo and float(data.x[:, j].max()) <= hi
+    again = mc.sample(400, seed=6)
+    assert all(torch.equal(a, b) for a, b in zip(data, again))
+    assert not torch.equal(mc.sample(400, seed=7).x, data.x)
+
+
+def test_sample_lies_in_order_parameter_space_around_the_wells():
+    """(e2, e3) fill the disk of radius 1.3 s_e that holds the variants; the other order
+    parameters stay within s_e/2; c is denser near both chemical wells; all scale with s_e, s_c."""
+    for params in (P, mc.MechanochemicalParams(s_e=0.2, s_c=2.0)):
+        data = mc.sample(4000, seed=1, params=params)
+        e = mc.order_parameters(data.x)
+        radius = e[:, 1:3].norm(dim=1) / params.s_e
+        assert float(radius.max()) <= 1.3 + 1e-12 and float(radius.max()) > 1.25
+        assert float(e[:, [0, 3, 4, 5]].abs().max()) <= 0.5 * params.s_e + 1e-12
+        c = data.x[:, 6] / params.s_c
+        assert float(c.min()) >= -0.05 - 1e-12 and float(c.max()) <= 1.05 + 1e-12
+        ends = int(((c < 0.05) | (c > 0.95)).sum())
+        middle = int(((c > 0.45) & (c < 0.55)).sum())
+        assert ends > 2.5 * middle  # arcsine density: denser where the wells are
+        torch.testing.assert_close(mc.from_order_parameters(e, data.x[:, 6]), data.x)
+
+
+def test_true_wells_are_minima_of_the_data_model():
+    for params in (P, mc.MechanochemicalParams(d_e=0.2, s_e=0.08)):
+        law = mc.potential(params=params)
+        for name, (x, psi) in mc.true_wells(params).items():
+            d = law.derivatives(x)
+            assert float(d.gradient[:, :6].abs().max()) < 1e-12, name
+            assert float(torch.linalg.eigvalsh(d.hessian[:, :6, :6]).min()) > 0, name
+            expected = 0.0 if name == "c=0" else -params.d_e
+            torch.testing.assert_close(psi, torch.full_like(psi, expected), rtol=0, atol=1e-14)
+
+
+def test_parse_params_names_the_bad_entry():
+    assert mc.parse_params(["d_e=0.2", "s_e=0.05"]) == mc.MechanochemicalParams(d_e=0.2, s_e=0.05)
+    assert mc.parse_params(None) == P
+    with pytest.raises(ValueError, match="unknown data-model parameter"):
+        mc.parse_params(["depth=1"])
+    with pytest.raises(ValueError, match="NAME=VALUE"):
+        mc.parse_params(["d_e"])
+    with pytest.raises(ValueError, match="d_e='x'"):
+        mc.parse_params(["d_e=x"])
+    with pytest.raises(ValueError, match="s_e must be > 0"):
+        mc.parse_params(["s_e=0"])
+
+
+def test_first_box_sampler_is_kept_for_comparison():
+    data = mc.sample_box(400, seed=6)
     for j, name in enumerate(mc.INPUT_NAMES):
         lo, hi = mc.TRAINING_BOX[name]
         col = data.x[:, j]
         assert float(col.min()) >= lo and float(col.max()) <= hi
-        # Uniform over the whole box: both ends are approached.
         assert float(col.min()) < lo + 0.05 * (hi - lo) and float(col.max()) > hi - 0.05 * (hi - lo)
-    assert mc.TRAINING_BOX["2E12"] == (-0.3, 0.3) and mc.TRAINING_BOX["c"] == (0.0, 1.0)
-    again = mc.sample(400, seed=6)
-    assert all(torch.equal(a, b) for a, b in zip(data, again))
-    assert not torch.equal(mc.sample(400, seed=7).x, data.x)
 
 
 def test_extrapolation_path():
@@ -143,8 +190,7 @@ def test_extrapolation_path():
     assert float(e1.abs().max()) < 1e-15 and float(e2.abs().max()) == 0.0
     torch.testing.assert_close(x[:, 6], t, rtol=0, atol=0)
     assert float(x[:, 3:6].abs().max()) == 0.0
-    outside = x[:, 6] > mc.TRAINING_BOX["c"][1]
-    assert torch.equal(outside, t > 1.0)
+    assert float(x[:, 6].max()) == pytest.approx(1.3)  # c = t s_c leaves the wells' c for t > 1
     # At t = 1 the path sits in the e3 variant well.
     t1, x1 = mc.extrapolation_path(3, t_max=2.0)
     assert float(mc.energy(x1[1:2])) == pytest.approx(-P.d_e, rel=1e-12)

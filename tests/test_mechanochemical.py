@@ -67,8 +67,9 @@ def test_engineering_shear_convention_gives_the_symmetric_stress():
 
 def test_sampling_box_and_extrapolation_path():
     data = mc.sample(500, seed=3)
+    box = mc.training_box()
     for j, name in enumerate(mc.INPUT_NAMES):
-        lo, hi = mc.TRAINING_BOX[name]
+        lo, hi = box[name]
         assert float(data.x[:, j].min()) >= lo and float(data.x[:, j].max()) <= hi
     t, x = mc.extrapolation_path()
     e3 = (x[:, 0] + x[:, 1] - 2 * x[:, 2]) / math.sqrt(6)
@@ -83,11 +84,10 @@ def test_sampling_box_and_extrapolation_path():
 
 @pytest.mark.fem
 def test_ufl_backend_equals_torch_backend():
-    import dolfinx_solver  # noqa: F401  (before dolfinx)
-
-    import dolfinx
     import ufl
     from mpi4py import MPI
+
+    from lse_material.fem import dolfinx
 
     mesh = dolfinx.mesh.create_unit_square(MPI.COMM_SELF, 1, 1)
     dx = ufl.dx(domain=mesh, metadata={"quadrature_degree": 0})
@@ -100,18 +100,66 @@ def test_ufl_backend_equals_torch_backend():
         assert value == pytest.approx(float(mc.energy(row[None])), rel=1e-12, abs=1e-14)
 
 
-def test_training_writes_model_and_summary(tmp_path):
-    result = train_mechanochemical(out=tmp_path, samples=200, epochs=800, plots=True)
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert set(summary["test_r2"]) == {"S", "mu", "psi"}
-    assert set(summary["extrapolation_rel_error"]) == {"S", "mu"}
-    assert min(summary["test_r2"].values()) > 0.7, summary["test_r2"]
-    assert 1 <= summary["active_modes"] <= 5
-    for png in ("parity.png", "extrapolation.png"):
-        assert (tmp_path / png).stat().st_size > 1000
+@pytest.fixture(scope="module")
+def trained(mechanochemical_training):
+    return mechanochemical_training
+
+
+def test_training_finds_the_four_wells(trained):
+    """The acceptance of a multi-well law is its wells, not a pooled R² (loosened for CI size:
+    the issue's figures are 0.15 s_e, 10 % of d_e and 20 % of the barrier)."""
+    out, result = trained
+    summary = json.loads((out / "summary.json").read_text())
+    match = summary["well_match"]
+    assert summary["wells_found"] == 4, summary["wells_found"]
+    for name, expected in (("c=0", 1), ("c=s_c", 3)):
+        minima = match[name]["minima"]
+        assert len(minima) == expected and match[name]["missing"] == 0, (name, match[name])
+        assert match[name]["extra"] == 0, (name, match[name])
+        for m in minima:
+            assert m["distance"] < 0.25, (name, m)  # in units of s_e
+    for m in match["c=s_c"]["minima"]:
+        assert abs(m["depth_error"]) < 0.25, m  # relative to d_e, ψ pinned at E = 0
+    barriers = match["c=s_c"]["barriers"]
+    assert len(barriers) == 3 and all(b["error"] is not None for b in barriers), barriers
+    assert max(abs(b["error"]) for b in barriers) < 0.4, barriers
+    # The stress near a variant has the data's sign (the first law got it wrong: -0.76 vs +1.02).
+    x = mc.from_order_parameters(
+        torch.tensor([[0.0, 0.0, 0.08, 0.0, 0.0, 0.0]], dtype=torch.float64),
+        torch.tensor([1.0], dtype=torch.float64),
+    )
+    stress, _ = mc.stress_mu(x)
+    assert float(result.model.derivatives(x).gradient[0, 2]) > 0.5 * float(stress[0, 2]) > 0
+
+
+def test_training_scores_pooled_near_the_wells_and_along_the_path(trained):
+    out, _ = trained
+    summary = json.loads((out / "summary.json").read_text())
+    assert min(summary["test_r2"][k] for k in ("S", "mu")) > 0.98, summary["test_r2"]
+    near = summary["test_r2_near_wells"]
+    assert min(near["S"], near["mu"]) > 0.85, near
+    assert all(count > 0 for count in near["points"].values()), near["points"]
+    assert summary["path_error_inside_box"]["S"] < 0.25, summary["path_error_inside_box"]
+
+
+def test_training_writes_model_card_and_figures(trained):
+    out, result = trained
+    for png in ("parity.png", "extrapolation.png", "wells.png"):
+        assert (out / png).stat().st_size > 1000
     import lse_material
 
-    law = lse_material.load(tmp_path / "model.safetensors")
+    law = lse_material.load(out / "model.safetensors")
     assert law.input_names == mc.INPUT_NAMES
+    assert law.groups == result.model.groups and law.groups is not None
+    assert set(law.card["wells"]) == {"c=0", "c=s_c"}
+    assert law.card["training"]["params"] == mc.MechanochemicalParams().__dict__
     x = mc.sample(10, seed=9).x
-    assert torch.allclose(law.derivatives(x).gradient, result.model.derivatives(x).gradient)
+    torch.testing.assert_close(law.derivatives(x).gradient, result.model.derivatives(x).gradient)
+
+
+def test_training_rejects_bad_parameters(tmp_path):
+    with pytest.raises(ValueError, match="unknown data-model parameter"):
+        train_mechanochemical(out=tmp_path / "a", param=["depth=1"], samples=100, epochs=1)
+    with pytest.raises(ValueError, match="samples >= 50"):
+        train_mechanochemical(out=tmp_path / "b", samples=10, epochs=1)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

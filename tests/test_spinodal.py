@@ -21,9 +21,11 @@ MESH, T_END = (32, 0.3) if FULL else (12, 0.12)
 
 
 @pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
+def model_file(tmp_path_factory, mechanochemical_training):
+    if not FULL:
+        return mechanochemical_training[0] / "model.safetensors"
     out = tmp_path_factory.mktemp("model")
-    train_mechanochemical(out=out, samples=1000, epochs=10000 if FULL else 6000, plots=False)
+    train_mechanochemical(out=out, plots=False)  # the full protocol
     return out / "model.safetensors"
 
 
