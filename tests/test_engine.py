@@ -346,8 +346,111 @@ def test_early_stopping_after_the_ramp_when_validation_stalls(tmp_path):
     config = config_from_dict(tiny_config(file))
     data = load_data(config.data)
     problem = _problem(data, split_rows(data, config.data), config.data, "cpu")
-    model = _new_model(config, problem, "cpu")
+    model, _ = _new_model(config, problem, "cpu")
     monitor = _Monitor(problem, model, every=10, patience=30, start=100)
     stops = [e for e in range(0, 300) if monitor(e)]
     assert stops[0] == 130 and monitor.state["stopped"] == 130
     assert monitor.state["epoch"][:3] == [0, 10, 20]
+
+
+# ----------------------------------------------------------------------------- modes on wells
+
+WELLS = {  # modes on the data's wells, the right one in its own group [ours]
+    "init": "wells",
+    "first_well_input": "x",
+    "groups": "threshold",
+    "group_input": "x",
+    "group_threshold": 0.0,
+    "group_rho": 2.0,
+}
+
+
+def test_modes_start_on_the_wells_grouped_by_threshold_and_pretrained(tmp_path):
+    from lse_material.training.engine import _new_model, _pretrain, _problem
+    from lse_material.training.mode_init import regions
+
+    file = write_csv(tmp_path / "d.csv", HEADER, double_well_rows(300))
+    config = config_from_dict(
+        {
+            **tiny_config(file),
+            "model": {"max_modes": 2, "hidden": [6, 6], **WELLS},
+            "fit": {**TINY["fit"], "seeds": 1, "pretrain_epochs": 150, "elimination": False},
+        }
+    )
+    data = load_data(config.data)
+    problem = _problem(data, split_rows(data, config.data), config.data, "cpu")
+    model, centres = _new_model(config, problem, "cpu")
+    assert np.abs(centres[:, 0].numpy() - true_minima()[:, 0]).max() < 0.15, centres
+    assert np.abs(centres[:, 1].numpy()).max() < 0.15, centres  # first: the smallest x
+    assert model.groups == (0, 1)
+    assert model.group_rho()[0].tolist() == pytest.approx([2.0, 2.0])
+    x = problem.train.x
+    region = regions(model.member(0), x, centres)
+    assert set(region[x[:, 0] < -0.5].tolist()) == {0} and set(region[x[:, 0] > 0.5].tolist()) == {
+        1
+    }
+    before = problem.loss(model, problem.train).item()
+    local = _pretrain(model, problem, config, centres)
+    assert local < 0.5 and problem.loss(model, problem.train).item() < before
+
+    result = train(config, out=tmp_path / "run")
+    assert result.summary["groups"] == [0, 1] and len(result.summary["group_rho"]) == 2
+    assert result.summary["pretrain_loss"] < 0.5
+    assert lse_material.load(tmp_path / "run" / "model.safetensors").groups == (0, 1)
+
+
+BAD_WELLS = [
+    ({"model": WELLS, "fit": {"elimination": True}}, r"needs fit.elimination = false"),
+    ({"fit": {"pretrain_epochs": 10}}, r"fit.pretrain_epochs = 10 needs model.init = \"wells\""),
+    (
+        {"model": WELLS, "fit": {"pretrain_epochs": 10, "seeds": 2, "elimination": False}},
+        r"and fit.seeds = 1.*seeds = 2",
+    ),
+    ({"model": {**WELLS, "group_input": "z"}}, r"model.group_input = 'z' is not among"),
+    ({"model": {**WELLS, "first_well_input": "q"}}, r"first_well_input = 'q' is not among"),
+    ({"model": {**WELLS, "init": "spread"}}, r"need model.init = \"wells\"; got init = 'spread'"),
+    (
+        {"model": {"init": "wells", "groups": "threshold", "group_input": "x"}},
+        r"both model.group_input and model.group_threshold",
+    ),
+    ({"model": {"group_threshold": 1.0}}, r"used only with it"),
+    ({"model": {"init": "everywhere"}}, r"model.init must be one of \['spread', 'wells'\]"),
+    ({"model": {"groups": "kmeans"}}, r"model.groups must be one of"),
+    ({"model": WELLS, "gradients": {"x": "dpsi_dx"}}, r"data.gradients lacks \['y'\]"),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), BAD_WELLS)
+def test_bad_well_options_raise_naming_them(tmp_path, change, message):
+    base = tiny_config(tmp_path / "d.csv")
+    if "gradients" in change:
+        base["data"]["gradients"] = change["gradients"]
+    for table in ("model", "fit"):
+        base[table] = {**base[table], **change.get(table, {})}
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(base)
+
+
+def test_mechanochemical_example_config_trains_with_phase_groups(tmp_path):
+    """The example's config on a small draw of the data model: the reference phase (c < 0.5)
+    and the transformed one get separate groups, and the saved law keeps them."""
+    sys.path.insert(0, str(ROOT / "examples" / "mechanochemical_wells"))
+    try:
+        import make_data as mc_data
+    finally:
+        sys.path.remove(str(ROOT / "examples" / "mechanochemical_wells"))
+    file = mc_data.main(tmp_path / "data.csv", samples=300)
+    ci_size = [
+        f"data.file={json.dumps(str(file))}",
+        "fit.epochs=20",
+        "fit.pretrain_epochs=20",
+        "fit.device='cpu'",
+        "output.plots=false",
+        "output.log_every=10",
+    ]
+    config = ROOT / "examples" / "mechanochemical_wells" / "run.toml"
+    result = train_data(config=config, out=tmp_path / "run", set=ci_size)
+    groups = result.summary["groups"]
+    assert groups[0] == 0 and set(groups) == {0, 1}, groups  # first: the smallest c
+    assert np.isfinite(result.summary["pretrain_loss"])
+    assert lse_material.load(tmp_path / "run" / "model.safetensors").groups == tuple(groups)

@@ -37,6 +37,7 @@ import statistics
 import threading
 import time
 import tomllib
+import types
 import typing
 from collections.abc import Sequence
 from dataclasses import MISSING, asdict, dataclass, fields, is_dataclass, replace
@@ -60,6 +61,12 @@ from lse_material.training.fit import (
     prune_by_elimination,
     r2_score,
     resolve_device,
+)
+from lse_material.training.mode_init import (
+    match_mode_levels,
+    pretrain_modes_locally,
+    regions,
+    well_candidates,
 )
 
 import lse_material
@@ -85,6 +92,8 @@ RUN_FILES = ("config.json", "checkpoint.pt", "model.safetensors", "summary.json"
 PLOTS = ("parity.png", "history.png", "wells.png")
 ACCEPT_RELATIVE = 1.21  # elimination: a removal may raise the training loss by 21 % [ours]
 IMPROVEMENT = 1e-3  # early stopping: a relative improvement of the validation loss [ours]
+INITS = ("spread", "wells")
+GROUPINGS = ("none", "threshold")
 
 
 class ConfigError(ValueError):
@@ -98,11 +107,25 @@ class TrainingInterrupted(KeyboardInterrupt):
 @dataclass(frozen=True)
 class ModelConfig:
     """max_modes: modes at the start (elimination and L1 switch the unneeded off); hidden: ICNN
-    hidden widths; rho_start: the start value of ρ (normalised energy units)."""
+    hidden widths; rho_start: the start value of ρ (normalised energy units).
+
+    init: "spread" (modes spread over the data by farthest-point sampling) or "wells" (modes on
+    well candidates of the data, ``training.mode_init.well_candidates``: small, locally convex
+    flux; needs a gradient column for every input). first_well_input: with "wells", the first
+    candidate is the one with the smallest value of this input (default: the one nearest the
+    data's centre). groups: "none" (one ρ) or "threshold" (nested LSE, with init = "wells"):
+    modes whose candidate has ``group_input > group_threshold`` (physical units) form group 1,
+    the others group 0 (one resulting group: no groups); group_rho: start value of each ρ_g."""
 
     max_modes: int = 6
     hidden: tuple[int, ...] = (10, 10)
     rho_start: float = 1.0
+    init: str = "spread"
+    first_well_input: str | None = None
+    groups: str = "none"
+    group_input: str | None = None
+    group_threshold: float | None = None
+    group_rho: float = 1.0
 
     def __post_init__(self):
         if self.max_modes < 1 or not self.hidden or min(self.hidden) < 1:
@@ -110,8 +133,28 @@ class ModelConfig:
                 f"model.max_modes and model.hidden must be >= 1; got {self.max_modes}, "
                 f"{list(self.hidden)}."
             )
-        if not self.rho_start > 0:
-            raise ConfigError(f"model.rho_start must be positive; got {self.rho_start}.")
+        for name in ("rho_start", "group_rho"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"model.{name} must be positive; got {getattr(self, name)}.")
+        for name, valid in (("init", INITS), ("groups", GROUPINGS)):
+            if getattr(self, name) not in valid:
+                raise ConfigError(
+                    f"model.{name} must be one of {list(valid)}; got {getattr(self, name)!r}."
+                )
+        if self.init != "wells" and (self.first_well_input is not None or self.groups != "none"):
+            raise ConfigError(
+                'model.first_well_input and model.groups = "threshold" need model.init = '
+                f'"wells"; got init = {self.init!r}, first_well_input = '
+                f"{self.first_well_input!r}, groups = {self.groups!r}."
+            )
+        given = [v is not None for v in (self.group_input, self.group_threshold)]
+        if given != [self.groups == "threshold"] * 2:
+            raise ConfigError(
+                'model.groups = "threshold" needs both model.group_input and '
+                "model.group_threshold, and they are used only with it; got groups = "
+                f"{self.groups!r}, group_input = {self.group_input!r}, group_threshold = "
+                f"{self.group_threshold!r}."
+            )
 
 
 @dataclass(frozen=True)
@@ -119,7 +162,10 @@ class FitConfig:
     """epochs, lr_network, lr_gates, l1, sparsify_after, ramp: as ``FitOptions`` (the L1 phase).
     early_stopping: patience in epochs after the L1 ramp (0: off). elimination: run the greedy
     elimination; tolerance: the normalised training loss a removal may reach; finetune_epochs:
-    per elimination round. polish_epochs: a final fit without L1 (0: none). seeds: ensemble
+    per elimination round. polish_epochs: a final fit without L1 (0: none). pretrain_epochs:
+    before the fit, each mode alone fitted to the fluxes of its candidate's Voronoi region,
+    then the modes' constants matched (``training.mode_init``; needs model.init = "wells" and
+    seeds = 1; 0: none). seeds: ensemble
     members trained together; seed: of the initialisation. device: auto | cpu | cuda[:N].
     threads: torch CPU threads (0: leave as is)."""
 
@@ -134,6 +180,7 @@ class FitConfig:
     tolerance: float = 1e-3
     finetune_epochs: int = 500
     polish_epochs: int = 0
+    pretrain_epochs: int = 0
     seeds: int = 1
     seed: int = 0
     device: str = "auto"
@@ -141,7 +188,13 @@ class FitConfig:
 
     def __post_init__(self):
         self.options()  # validates epochs, learning rates, l1, fractions
-        for name in ("early_stopping", "finetune_epochs", "polish_epochs", "threads"):
+        for name in (
+            "early_stopping",
+            "finetune_epochs",
+            "polish_epochs",
+            "pretrain_epochs",
+            "threads",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"fit.{name} must be >= 0; got {getattr(self, name)}.")
         if self.seeds < 1:
@@ -194,6 +247,33 @@ class TrainConfig:
     fit: FitConfig = FitConfig()
     output: OutputConfig = OutputConfig()
 
+    def __post_init__(self):
+        m, inputs = self.model, self.data.inputs
+        for key in ("first_well_input", "group_input"):
+            name = getattr(m, key)
+            if name is not None and name not in inputs:
+                raise ConfigError(
+                    f"model.{key} = {name!r} is not among data.inputs {list(inputs)}."
+                )
+        if m.init == "wells":
+            missing = [n for n in inputs if n not in self.data.gradients]
+            if missing:
+                raise ConfigError(
+                    f'model.init = "wells" needs a gradient column for every input (the flux '
+                    f'locates the wells); data.gradients lacks {missing}. Use init = "spread".'
+                )
+        if m.groups != "none" and self.fit.elimination:
+            raise ConfigError(
+                f"model.groups = {m.groups!r} needs fit.elimination = false: removing the last "
+                "mode of a group makes the nested LSE's gradients non-finite (not supported yet)."
+            )
+        if self.fit.pretrain_epochs and (m.init != "wells" or self.fit.seeds != 1):
+            raise ConfigError(
+                f'fit.pretrain_epochs = {self.fit.pretrain_epochs} needs model.init = "wells" and '
+                f"fit.seeds = 1 (the per-mode pre-training fits one model); got init = "
+                f"{m.init!r}, seeds = {self.fit.seeds}."
+            )
+
 
 class TrainResult(NamedTuple):
     """summary: what ``summary.json`` holds; model: the saved (best) member; out: the folder."""
@@ -209,6 +289,8 @@ class TrainResult(NamedTuple):
 def _coerce(value, hint, key: str):
     """``value`` (from TOML) as the field type ``hint``; raises ConfigError naming ``key``."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is types.UnionType:  # ``X | None``: TOML has no null, so a given value is an X
+        return _coerce(value, next(a for a in args if a is not type(None)), key)
     if is_dataclass(hint):
         return _build(hint, value, key + ".")
     if origin is tuple:
@@ -465,14 +547,33 @@ class _Signals:
             signal.signal(sig, handler)
 
 
-def _new_model(config: TrainConfig, problem: _Problem, device) -> LSEICNN:
+def _new_model(config: TrainConfig, problem: _Problem, device):
+    """The ensemble with the data's normalisation and its modes started (``model.init``), and
+    the well candidates ``(N, d)`` it was placed on (None for init = "spread")."""
+    m, x = config.model, problem.train.x
+    centres = groups = None
+    if m.init == "wells":
+        flux, flux_std = _flux(problem)
+        first = None
+        if m.first_well_input is not None:
+            first = torch.zeros(x.shape[1], dtype=x.dtype, device=x.device)
+            first[config.data.inputs.index(m.first_well_input)] = 1.0
+        centres = well_candidates(
+            x, flux, m.max_modes, scale=problem.scale, shift=problem.shift, first=first
+        )
+        if m.groups == "threshold":
+            column = centres[:, config.data.inputs.index(m.group_input)]
+            groups = (column > m.group_threshold).long().tolist()
+            groups = groups if len(set(groups)) > 1 else None
     model = LSEICNN(
-        problem.train.x.shape[1],
-        config.model.max_modes,
-        config.model.hidden,
+        x.shape[1],
+        m.max_modes,
+        m.hidden,
         ensemble=config.fit.seeds,
         input_names=config.data.inputs,
-        rho=config.model.rho_start,
+        rho=m.rho_start,
+        groups=groups,
+        group_rho=m.group_rho,
         generator=torch.Generator().manual_seed(config.fit.seed),
     ).to(device)
     model.set_normalization(
@@ -481,8 +582,43 @@ def _new_model(config: TrainConfig, problem: _Problem, device) -> LSEICNN:
         energy_shift=problem.energy_shift,
         energy_scale=problem.energy_scale,
     )
-    model.spread_modes(problem.train.x)
-    return model
+    if centres is None:
+        model.spread_modes(x)
+    else:
+        model.place_modes(centres)
+    return model, centres
+
+
+def _pretrain(model: LSEICNN, problem: _Problem, config: TrainConfig, centres) -> float:
+    """Each mode alone fitted to the fluxes of its candidate's region, then the modes' levels
+    matched (``training.mode_init``), and with energy targets the energy's constant fitted;
+    the ensemble has one member (checked by TrainConfig). Returns the final local loss (mean squared normalised flux error)."""
+    x, (flux, flux_std) = problem.train.x, _flux(problem)
+    single = model.member(0)
+    every = config.output.log_every
+    options = config.fit.options(
+        epochs=config.fit.pretrain_epochs, l1=0.0, log_every=every, report_every=every
+    )
+    local = pretrain_modes_locally(single, x, flux, flux_std, regions(single, x, centres), options)
+    match_mode_levels(single, x, centres)
+    with torch.no_grad():
+        if problem.train.energy is not None:  # energy targets fix the constant the fluxes leave
+            residual = problem.train.energy - single(x)
+            single.energy_shift.add_((problem.train.weight * residual).mean())
+        for name, value in single.state_dict().items():
+            model.state_dict()[name].copy_(value)
+    return local
+
+
+def _flux(problem: _Problem) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training rows' gradient in input order ``(P, d)`` and its std ``(d,)`` (every
+    input has a gradient column: checked by TrainConfig for init = "wells")."""
+    columns = list(problem.wrt or range(problem.train.x.shape[1]))
+    flux = torch.empty_like(problem.train.x)
+    flux[:, columns] = problem.train.gradient
+    std = torch.empty_like(problem.shift.to(flux.device))
+    std[columns] = problem.gradient_std
+    return flux, std
 
 
 class _Phases(NamedTuple):
@@ -663,6 +799,8 @@ def _evaluate(
         "active_modes": int(single.active_modes()),
         "wells": wells.to_json(paths=False),
         "rho": float(single.rho().detach()),
+        "groups": None if single.groups is None else list(single.groups),
+        "group_rho": single.group_rho().detach().tolist(),
         "rows": {
             "train": len(split.train),
             "validation": len(split.validation),
@@ -705,10 +843,14 @@ def train(
     _prepare_out(out, record, overwrite=overwrite, resume=resume)
     if config.fit.threads:
         torch.set_num_threads(config.fit.threads)
-    model = _new_model(config, problem, device)
+    model, centres = _new_model(config, problem, device)
+    pretrain_loss = None
+    if config.fit.pretrain_epochs and not resume:  # on resume the checkpoint holds the weights
+        pretrain_loss = _pretrain(model, problem, config, centres)
     phases = _run_phases(model, problem, config, out)
 
     single, wells, summary, cpu_problem = _evaluate(model, problem, phases, config, data, split)
+    summary["pretrain_loss"] = pretrain_loss
     lse_material.save(
         single,
         out / "model.safetensors",
