@@ -206,36 +206,12 @@ def simulate_metamaterial(
         out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     bar = _bar(comm, dim, (length, height), (nx, ny), chosen, imperfection, viscosity)
-    writer, indicator_cells = _writer(bar.domain, bar.u, out, comm)
     schedule = _schedule(amplitudes, steps_per_cycle)
-    keys = ("displacement", "force", "transformed_fraction", "front_left", "front_right")
-    history = {k: [] for k in (*keys, "newton_iterations")}
-
-    def record(displacement, iterations):
-        values = (displacement, *_measure(bar), iterations)
-        for key, value in zip(history, values, strict=True):
-            history[key].append(value)
-
-    bar.law.update()
-    record(0.0, 0)
-    _write(writer, bar.law, indicator_cells, 0.0)
-    failures, cuts_used = 0, 0
     loop_start = time.perf_counter()
-    for step in range(1, schedule.size):
-        iterations, cuts, used = _load_step(bar, schedule, step, chosen, viscosity, max_cuts)
-        failures += cuts
-        cuts_used = max(cuts_used, used)
-        record(float(schedule[step] * length), iterations)
-        if comm.rank == 0:
-            print(
-                f"step {step:4d}  t = {step}  dε = {schedule[step] - schedule[step - 1]:+.4g}  "
-                f"newton {iterations:2d}  force = {history['force'][-1]:.8g}",
-                flush=True,
-            )
-        if step % write_every == 0 or step == schedule.size - 1:
-            _write(writer, bar.law, indicator_cells, float(step))
+    history, failures, cuts_used = _march(
+        bar, schedule, chosen, viscosity, max_cuts, out, write_every
+    )
     loop_seconds = time.perf_counter() - loop_start
-    writer.close()
 
     V = bar.u.function_space
     summary = dict(history)
@@ -272,6 +248,43 @@ def simulate_metamaterial(
         write_json(out / "summary.json", summary)
         _plots(out, summary, other)
     return MetamaterialBarResult(summary, out)
+
+
+def _march(bar, schedule, chosen: _Law, viscosity, max_cuts, out: Path, write_every: int):
+    """All load steps, with fields written and one progress line per step (rank 0).
+
+    Returns (history of displacement, force, fraction, fronts, Newton iterations; failed
+    solves; the deepest cut).
+    """
+    comm = bar.domain.comm
+    writer, indicator_cells = _writer(bar.domain, bar.u, out, comm)
+    keys = ("displacement", "force", "transformed_fraction", "front_left", "front_right")
+    history = {k: [] for k in (*keys, "newton_iterations")}
+
+    def record(displacement, iterations):
+        values = (displacement, *_measure(bar), iterations)
+        for key, value in zip(history, values, strict=True):
+            history[key].append(value)
+
+    bar.law.update()
+    record(0.0, 0)
+    _write(writer, bar.law, indicator_cells, 0.0)
+    failures, cuts_used = 0, 0
+    for step in range(1, schedule.size):
+        iterations, cuts, used = _load_step(bar, schedule, step, chosen, viscosity, max_cuts)
+        failures += cuts
+        cuts_used = max(cuts_used, used)
+        record(float(schedule[step] * bar.length), iterations)
+        if comm.rank == 0:
+            print(
+                f"step {step:4d}  t = {step}  dε = {schedule[step] - schedule[step - 1]:+.4g}  "
+                f"newton {iterations:2d}  force = {history['force'][-1]:.8g}",
+                flush=True,
+            )
+        if step % write_every == 0 or step == schedule.size - 1:
+            _write(writer, bar.law, indicator_cells, float(step))
+    writer.close()
+    return history, failures, cuts_used
 
 
 def _bar(comm, dim, size, cells, chosen: _Law, imperfection, viscosity) -> SimpleNamespace:

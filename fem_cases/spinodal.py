@@ -132,6 +132,40 @@ def simulate_spinodal(
     p.w.sub(1).interpolate(_initial_concentration(dim, seed))
     p.w.x.scatter_forward()
     p.w_n.x.array[:] = p.w.x.array
+    history, step, failures, loop_seconds = _march(p, out, t_end, dt_max, max_steps, write_every)
+    peak_mb = comm.allreduce(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, op=MPI.MAX)
+
+    W = p.w.function_space
+    summary = dict(history)
+    summary.update(
+        ranks=comm.size,
+        dofs=int(W.dofmap.index_map.size_global * W.dofmap.index_map_bs),
+        seconds=time.perf_counter() - t_start,
+        steps=step,
+        loop_seconds=loop_seconds,
+        seconds_per_step=loop_seconds / max(step, 1),
+        peak_memory_mb_per_rank=peak_mb,
+        failed_steps=failures,
+        dim=dim,
+        mesh=mesh,
+        analytic=analytic,
+        model=None if model is None else str(model),
+        seed=seed,
+        parameters={"kappa": KAPPA, "mobility": MOBILITY, "viscosity": VISCOSITY},
+    )
+    if comm.rank == 0:
+        write_json(out / "summary.json", summary)
+        _plots(out, summary)
+    _snapshot(out, p.w, comm)
+    return SpinodalResult(summary, out)
+
+
+def _march(p: SimpleNamespace, out: Path, t_end, dt_max, max_steps: int, write_every: int):
+    """Backward-Euler steps to ``t_end`` with adaptive Δt, fields written, one line per step.
+
+    Returns (history, steps, failed solves, loop seconds).
+    """
+    comm = p.domain.comm
     history = {
         k: [] for k in ("time", "energy", "mass", "phase_fraction", "newton_iterations", "dt")
     }
@@ -174,31 +208,7 @@ def simulate_spinodal(
     _write(writers, fields, p.w, p.law, t)
     for writer in writers:
         writer.close()
-    peak_mb = comm.allreduce(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, op=MPI.MAX)
-
-    W = p.w.function_space
-    summary = dict(history)
-    summary.update(
-        ranks=comm.size,
-        dofs=int(W.dofmap.index_map.size_global * W.dofmap.index_map_bs),
-        seconds=time.perf_counter() - t_start,
-        steps=step,
-        loop_seconds=loop_seconds,
-        seconds_per_step=loop_seconds / max(step, 1),
-        peak_memory_mb_per_rank=peak_mb,
-        failed_steps=failures,
-        dim=dim,
-        mesh=mesh,
-        analytic=analytic,
-        model=None if model is None else str(model),
-        seed=seed,
-        parameters={"kappa": KAPPA, "mobility": MOBILITY, "viscosity": VISCOSITY},
-    )
-    if comm.rank == 0:
-        write_json(out / "summary.json", summary)
-        _plots(out, summary)
-    _snapshot(out, p.w, comm)
-    return SpinodalResult(summary, out)
+    return history, step, failures, loop_seconds
 
 
 def _problem(comm, dim: int, mesh: int, dt: float, potential) -> SimpleNamespace:

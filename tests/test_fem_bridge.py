@@ -340,3 +340,17 @@ def test_another_snes_type_drops_the_default_line_search():
     assert default.petsc_options["snes_linesearch_type"] == "bt"
     assert "snes_linesearch_type" not in trust.petsc_options
     assert trust.problem.solver.getType() == "newtontr"
+
+
+def test_the_driver_takes_laws_of_the_protocol_only():
+    mesh, V, u, c = _block(n=2)
+    inputs, _ = mc.ufl_inputs(u, c)
+    law = QuadratureLaw(mc.potential(), inputs, mesh)
+    F = ufl.derivative(law.energy_density() * law.dx, u, ufl.TestFunction(V))
+
+    class UpdateOnly:  # the old duck type: update() alone
+        def update(self):
+            pass
+
+    with pytest.raises(TypeError, match=r"UpdateOnly is not a law .* lacks \['check_training_box'"):
+        LawNewtonSolver(F, u, [law, UpdateOnly()], prefix="protocol_")
