@@ -186,7 +186,7 @@ def add_verb(subparsers: argparse._SubParsersAction, verb: Verb) -> argparse.Arg
     doc = parse_docstring(verb.function)
     parser = subparsers.add_parser(
         verb.name.split(".")[-1],
-        help=doc.summary,
+        help=doc.summary.replace("%", "%%"),
         description=doc.description,
         formatter_class=_Formatter,
     )
@@ -241,7 +241,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         if argv is None or point.name == chosen:
             add_verb(subparsers, Verb(point.name, point.load()))
         else:  # listed only: its module is imported when the verb is chosen
-            subparsers.add_parser(what, help=verb_summary(point))
+            subparsers.add_parser(what, help=verb_summary(point).replace("%", "%%"))
     return parser
 
 

@@ -101,7 +101,7 @@ def _example(
     names: Sequence[str] = (),
     plots: bool = True,
 ) -> dict:
-    """An example verb.
+    """An example verb (100 % documented).
 
     Longer description.
 
@@ -117,7 +117,7 @@ def _example(
     rate : float, optional
         a rate.
     mode
-        the mode.
+        the mode (fast: 10 % of the time).
     sizes, names
         sizes and names.
     plots
@@ -138,8 +138,8 @@ def _example_parser() -> argparse.ArgumentParser:
 
 def test_docstring_parameters_parsed():
     doc = parse_docstring(_example)
-    assert doc.summary == "An example verb."
-    assert doc.description == "An example verb.\n\nLonger description."
+    assert doc.summary == "An example verb (100 % documented)."
+    assert doc.description == "An example verb (100 % documented).\n\nLonger description."
     assert doc.parameters["out"] == "output folder, on two lines."
     assert doc.parameters["rate"] == "a rate."
     assert doc.parameters["sizes"] == doc.parameters["names"] == "sizes and names."
@@ -148,6 +148,8 @@ def test_docstring_parameters_parsed():
 
 def test_annotations_map_to_options():
     parser = _example_parser()
+    assert "10 % of the time" in _subparser(parser, "example").format_help()
+    assert "(100 % documented)" in parser.format_help()
     args = parser.parse_args(["example", "p", "--out", "o"])
     assert (args.path, args.count, args.out, args.rate) == ("p", 3, "o", None)
     assert (args.mode, args.sizes, args.names, args.plots) == ("slow", (1, 2), (), True)
