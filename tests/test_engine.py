@@ -434,11 +434,12 @@ def test_bad_well_options_raise_naming_them(tmp_path, change, message):
 def test_mechanochemical_example_config_trains_with_phase_groups(tmp_path):
     """The example's config on a small draw of the data model: the reference phase (c < 0.5)
     and the transformed one get separate groups, and the saved law keeps them."""
-    sys.path.insert(0, str(ROOT / "examples" / "mechanochemical_wells"))
-    try:
-        import make_data as mc_data
-    finally:
-        sys.path.remove(str(ROOT / "examples" / "mechanochemical_wells"))
+    import importlib.util
+
+    script = ROOT / "examples" / "mechanochemical_wells" / "make_data.py"
+    spec = importlib.util.spec_from_file_location("mechanochemical_wells_data", script)
+    mc_data = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mc_data)  # not "make_data": the double-well example's has that name
     file = mc_data.main(tmp_path / "data.csv", samples=300)
     ci_size = [
         f"data.file={json.dumps(str(file))}",
