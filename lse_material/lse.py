@@ -238,13 +238,17 @@ class LSEICNN(nn.Module):
             rho = self.rho().unsqueeze(-1)
             return Mixture(-torch.logsumexp(logits, dim=-2) / rho, torch.softmax(logits, -2), None)
         member = group == torch.arange(self.group_rho().shape[-1], device=group.device)[:, None]
-        inner = torch.logsumexp(  # log Σ_{i∈g} g_i exp(-ρ_g W_i), (.., G, P)
-            logits.unsqueeze(-3).masked_fill(~member[..., None], -math.inf), dim=-2
-        )
-        outer = (self.rho().unsqueeze(-1) / self.group_rho()).unsqueeze(-1) * inner  # -ρ V_g
+        grouped = logits.unsqueeze(-3).masked_fill(~member[..., None], -math.inf)
+        # A group whose modes are all closed is empty: it gets -inf without passing -inf
+        # through logsumexp or a product (their gradients would be NaN), via finite stand-ins.
+        alive = torch.isfinite(grouped).any(dim=-2)  # (.., G, P)
+        inner = torch.logsumexp(torch.where(alive.unsqueeze(-2), grouped, 0.0), dim=-2)
+        inner = torch.where(alive, inner, 0.0)  # log Σ_{i∈g} g_i exp(-ρ_g W_i), (.., G, P)
+        ratio = (self.rho().unsqueeze(-1) / self.group_rho()).unsqueeze(-1)
+        outer = torch.where(alive, ratio * inner, -math.inf)  # -ρ V_g
         energy = -torch.logsumexp(outer, dim=-2) / self.rho().unsqueeze(-1)
         p_group = torch.softmax(outer, dim=-2)  # (.., G, P); an empty group has weight 0
-        conditional = torch.exp(logits - inner.index_select(-2, group)).nan_to_num(0.0)
+        conditional = torch.exp(logits - inner.index_select(-2, group))  # 0 for closed modes
         return Mixture(energy, p_group.index_select(-2, group) * conditional, conditional)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

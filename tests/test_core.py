@@ -283,3 +283,20 @@ def test_groups_are_validated_and_saved(tmp_path):
     assert loaded.groups == (0, 1, 1)
     x = torch.randn(5, 2, dtype=torch.float64)
     torch.testing.assert_close(loaded(x), model(x).detach())
+
+
+def test_nested_lse_with_an_empty_group_has_finite_gradients():
+    """Closing a group's last mode empties the group: energy and every gradient stay finite."""
+    for groups in ([0, 1], [0, 0, 1]):
+        model = LSEICNN(
+            2, len(groups), (4,), groups=groups, generator=torch.Generator().manual_seed(6)
+        )
+        with torch.no_grad():
+            model.gate_weights[-1] = 0.0
+        x = torch.randn(5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+        d = model.derivatives(x, hessian=False)
+        d.gradient.pow(2).sum().backward()
+        assert bool(torch.isfinite(d.energy).all()) and bool(torch.isfinite(d.gradient).all())
+        for name, p in model.named_parameters():
+            assert p.grad is None or bool(torch.isfinite(p.grad).all()), name
+        assert float(d.phase_weights[:, -1].abs().max()) == 0.0
