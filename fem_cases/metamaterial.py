@@ -1,4 +1,4 @@
-"""FE case: a phase-transforming metamaterial bar under cyclic displacement control (SPEC §5).
+"""FE case: a phase-transforming metamaterial bar under cyclic displacement control (docs/science.md §5).
 
 A bar ``[0, L] × [0, H]`` (2-D plane strain) or ``[0, L] × [0, H]²`` (3-D), small strain, P1
 displacement, one quadrature point per simplex. The law is the trained hidden-state model
@@ -12,7 +12,7 @@ reference: from ``MetamaterialParams``).
 Choices [ours], documented:
 - Boundary conditions: u_x = 0 at x = 0, u_x = U(t) at x = L, and rollers (zero normal
   displacement) on the lateral faces. The lateral constraint gives the uniaxial strain state
-  ``ε = ε11 e1⊗e1`` of the training data (strain-controlled, SPEC §5): the trained model is used
+  ``ε = ε11 e1⊗e1`` of the training data (strain-controlled, docs/science.md §5): the trained model is used
   where it was trained, not extrapolated to lateral strains it never saw.
 - Imperfection: all energies (ψ, Δψ, Y; equivalently stress and tangent) are scaled by
   ``s(x) = 1 - δ exp(-|x - x0|/ℓ)``, ``δ = 0.05``, ``x0 = 0.3 L``, ``ℓ = 0.2 L``: a locally

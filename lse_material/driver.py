@@ -771,8 +771,8 @@ def drive(
     Parameters
     ----------
     model
-        a model file (.safetensors), or ``mechanochemical`` (the analytic ψ of SPEC §3) or
-        ``metamaterial`` (the reference return mapping of SPEC §5).
+        a model file (.safetensors), or ``mechanochemical`` (the analytic ψ of docs/science.md §3) or
+        ``metamaterial`` (the reference return mapping of docs/science.md §5).
     path
         a SPEC ``KIND:NAME=START:END:STEPS[:END2:STEPS2 ...]`` (KIND uniaxial-stress: the
         other strain inputs (all other inputs for a law without the six Voigt strains) free

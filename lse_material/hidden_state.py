@@ -1,6 +1,6 @@
 """A potential with a hidden state and its neural ODE: the metamaterial model (docs/science.md §5).
 
-SPEC §5: ``ψ = W(I(ε), h)`` — an LSE-ICNN (2 modes, 2 × 19) of 3 strain invariants and 6
+docs/science.md §5: ``ψ = W(I(ε), h)`` — an LSE-ICNN (2 modes, 2 × 19) of 3 strain invariants and 6
 hidden-state components — with ``ḣ = N(invariants of ε, ε̇, h)`` (an MLP, 2 × 15, 6 outputs),
 ``h(0) = 0``, and ``σ = ∂ψ/∂ε`` at the current ``h``. The model is trained on stress only.
 
@@ -140,7 +140,7 @@ class HiddenStateMaterial(nn.Module):
     """ψ = LSE-ICNN(I1, I2, I3, h) and ḣ = N(9 invariants of ε, ε̇; h) in one module.
 
     Args:
-        n_state: hidden-state size (6, SPEC §5).
+        n_state: hidden-state size (6, docs/science.md §5).
         n_modes, hidden: the LSE-ICNN (2 modes, 2 × 19).
         ode_hidden: hidden widths of N (2 × 15).
         dtype: float64 by default; generator: for reproducible initialisation.

@@ -2,7 +2,7 @@
 
 Layer ``k`` of all ``N`` modes is one tensor of shape ``(*ensemble, N, out, in)``; the
 leading ``ensemble`` dimension (empty for a single model) holds independent copies, e.g. the
-random seeds of a study, so a whole study is one batched forward. SPEC §1, eq. 5:
+random seeds of a study, so a whole study is one batched forward. docs/science.md §1, eq. 5:
 
     a_1 = A_0 x + b_0,           z_1 = σ(a_1)
     a_{k+1} = B_k z_k + A_k x + b_k,   z_{k+1} = σ(a_{k+1})

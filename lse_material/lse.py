@@ -1,4 +1,4 @@
-"""The LSE-ICNN: a gated log-sum-exp (smooth minimum) of convex modes (SPEC §1).
+"""The LSE-ICNN: a gated log-sum-exp (smooth minimum) of convex modes (docs/science.md §1).
 
     W(x) = -(1/ρ) log Σ_i g(w_i) exp(-ρ W_i(x)),   g(w) = 2·sigmoid(|w|) - 1,   ρ = exp(ρ̃)
 
@@ -23,7 +23,7 @@ from lse_material.potential import EnergyDerivatives, as_float64_tensor, check_w
 
 __all__ = ["LSEICNN", "ACTIVE_GATE_THRESHOLD"]
 
-ACTIVE_GATE_THRESHOLD = 1e-3  # a mode is active when g(w) > ε; ε is [ours] (SPEC §1)
+ACTIVE_GATE_THRESHOLD = 1e-3  # a mode is active when g(w) > ε; ε is [ours] (docs/science.md §1)
 
 
 def gate(w: torch.Tensor) -> torch.Tensor:
@@ -91,7 +91,7 @@ class LSEICNN(nn.Module):
             torch.full((*lead, n_modes), float(gate_weight), dtype=dtype)
         )
         # ρ = exp(ρ̃): positive, and Adam's bounded steps change it by a relative amount, so it
-        # can travel from 1 to 100 as easily as from 0.1 to 1 [ours; SPEC suggests softplus].
+        # can travel from 1 to 100 as easily as from 0.1 to 1 [ours; docs/science.md §1].
         self.rho_raw = nn.Parameter(torch.full(lead, math.log(rho), dtype=dtype))
         self.groups = _check_groups(groups, n_modes)
         n_groups = 1 if self.groups is None else max(self.groups) + 1
@@ -267,7 +267,7 @@ class LSEICNN(nn.Module):
         return self._mixture(self.modes(x_n), None).weights.transpose(-1, -2)
 
     def derivatives(self, x, *, hessian: bool = True, wrt=None) -> EnergyDerivatives:
-        """Energy, gradient, Hessian and phase weights in one closed-form pass (SPEC §1).
+        """Energy, gradient, Hessian and phase weights in one closed-form pass (docs/science.md §1).
 
         x: ``(P, d)`` (array-like, validated) for a single model, or ``(*ensemble, P, d)``.
         wrt: indices of the inputs to differentiate with respect to (default: all ``d``; the

@@ -981,7 +981,7 @@ def _number(value: str, what: str) -> float:
 def _order_parameter_planes(
     names: tuple[str, ...], c_values: Sequence[float], half: float
 ) -> list[Plane]:
-    """The (e2, e3) planes of the mechanochemical inputs at e1 = e4 = e5 = e6 = 0 (SPEC §3)."""
+    """The (e2, e3) planes of the mechanochemical inputs at e1 = e4 = e5 = e6 = 0 (docs/science.md §3)."""
     e2 = (1 / math.sqrt(2), -1 / math.sqrt(2), 0.0, 0.0, 0.0, 0.0, 0.0)
     e3 = (1 / math.sqrt(6), 1 / math.sqrt(6), -2 / math.sqrt(6), 0.0, 0.0, 0.0, 0.0)
     return [
@@ -1009,7 +1009,7 @@ def _data_potential(data: str, param: Sequence[str] | None):
             raise ValueError(f"--param {name}: unknown parameter; known: {sorted(fields)}.")
         values[name] = _number(value, f"--param {name}")
     params = mc.MechanochemicalParams(**values)
-    e = 1.5 * params.s_e  # the box scales with the wells (default: SPEC §3's ±0.15, c in [0, 1])
+    e = 1.5 * params.s_e  # the box scales with the wells (default: ±0.15, c in [0, 1])
     box = {n: (-e, e) for n in mc.INPUT_NAMES[:3]}
     box |= {n: (-2 * e, 2 * e) for n in mc.INPUT_NAMES[3:6]}
     box["c"] = (0.0, params.s_c)
@@ -1018,8 +1018,8 @@ def _data_potential(data: str, param: Sequence[str] | None):
 
 def order_parameter_scale(params=None) -> list[list[float]]:
     """The ``compare_wells`` scale of the mechanochemical inputs: the order parameters
-    e1..e6 over s_e and c over s_c (SPEC §3), a ``(7, 7)`` matrix; ``params``: a
-    ``MechanochemicalParams`` (default: SPEC's values)."""
+    e1..e6 over s_e and c over s_c (docs/science.md §3), a ``(7, 7)`` matrix; ``params``: a
+    ``MechanochemicalParams`` (default: the values of docs/science.md §3)."""
     from lse_material.training.data import mechanochemical as mc
 
     p = params or mc.MechanochemicalParams()

@@ -1,4 +1,4 @@
-"""Physics properties of the ICNN modes and the LSE-ICNN mixture (SPEC §1)."""
+"""Physics properties of the ICNN modes and the LSE-ICNN mixture (docs/science.md §1)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Physics of the mechanochemical data model (SPEC §3): wells, derivatives, sampling, backends."""
+"""Physics of the mechanochemical data model (docs/science.md §3): wells, derivatives, sampling, backends."""
 
 import math
 
@@ -11,7 +11,7 @@ P = mc.MechanochemicalParams()
 
 
 def x_from_order_parameters(e1, e2, e3, c, *, shears=(0.0, 0.0, 0.0)) -> torch.Tensor:
-    """Invert e1, e2, e3 (SPEC eq. 11) to a row ``(1, 7)`` of INPUT_NAMES (tensor shears given)."""
+    """Invert e1, e2, e3 (eq. 11, docs/science.md §3) to a row ``(1, 7)`` of INPUT_NAMES (tensor shears given)."""
     E11 = e1 / math.sqrt(3) + e2 / math.sqrt(2) + e3 / math.sqrt(6)
     E22 = e1 / math.sqrt(3) - e2 / math.sqrt(2) + e3 / math.sqrt(6)
     E33 = e1 / math.sqrt(3) - 2 * e3 / math.sqrt(6)

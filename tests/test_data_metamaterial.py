@@ -1,4 +1,4 @@
-"""Physics of the metamaterial data model (SPEC §5): hysteresis, dissipation, return mapping."""
+"""Physics of the metamaterial data model (docs/science.md §5): hysteresis, dissipation, return mapping."""
 
 import pytest
 import torch

@@ -3,7 +3,7 @@
 Physics checks: the mechanochemical law's uniaxial-stress transformation stress against the
 closed form from the analytic ψ, free fluxes at their targets, the work identity
 dψ = S·dE along the path, strain control reproducing a mixed-control run, convexity giving
-positive stability measures, the metamaterial plateau and hysteresis (SPEC §5).
+positive stability measures, the metamaterial plateau and hysteresis (docs/science.md §5).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def test_mechanochemical_uniaxial_transformation_stress(tmp_path):
     changes = [c for c in result.sign_changes() if c["measure"] == "min_eigenvalue"]
     assert len(changes) == 1
     predicted = transformation_stress_closed_form()
-    assert predicted == pytest.approx(1.9406, abs=1e-3)  # (1 + √7)/6 s_e, SPEC defaults
+    assert predicted == pytest.approx(1.9406, abs=1e-3)  # (1 + √7)/6 s_e, default parameters
     assert changes[0]["S33"] == pytest.approx(predicted, rel=0.05)
     # The peak of the curve is the same point (a limit point under E33 control).
     assert result.column("S33").max() == pytest.approx(predicted, rel=0.01)
@@ -166,7 +166,7 @@ def _fine_sphere(n):
 
 def test_metamaterial_plateau_and_hysteresis():
     """The reference return mapping under uniaxial stress: A→B on a plateau at σ11 = -Δψ/0.1
-    - Y/0.1 = -0.12, B→A at σ11 = 0 on unloading (SPEC §5), lateral stresses zero."""
+    - Y/0.1 = -0.12, B→A at σ11 = 0 on unloading (docs/science.md §5), lateral stresses zero."""
     law = mm.ReferenceLaw()
     names = law.input_names
     result = drive_law(law, parse_path("uniaxial-stress:eps11=0:-0.25:30:0:30", names))

@@ -1,4 +1,4 @@
-"""The internal-state law at quadrature points and the metamaterial bar (SPEC §5, issue 5)."""
+"""The internal-state law at quadrature points and the metamaterial bar (docs/science.md §5, issue 5)."""
 
 import json
 import subprocess

@@ -1,4 +1,4 @@
-"""Issue 6, gene circuit: the data model, potentials fitted to velocity fields (SPEC §6)."""
+"""Issue 6, gene circuit: the data model, potentials fitted to velocity fields (docs/science.md §6)."""
 
 import json
 import math
@@ -42,7 +42,7 @@ def test_stable_states_match_the_spec():
 
 
 def test_transient_landscape_gathers_then_splits():
-    T0, TAU = 4.0, 0.5  # noqa: N806 (SPEC's names)
+    T0, TAU = 4.0, 0.5  # noqa: N806 (the names of docs/science.md §6)
     run = gc.trajectories(
         None, 30, steps=150, seed=2, gamma_of_t=lambda t: (1 + math.tanh((t - T0) / TAU)) / 2
     )

@@ -1,4 +1,4 @@
-"""The mechanochemical data model (SPEC §3) and its derivative-only training."""
+"""The mechanochemical data model (docs/science.md §3) and its derivative-only training."""
 
 import json
 import math

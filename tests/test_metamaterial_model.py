@@ -1,4 +1,4 @@
-"""The hidden-state model (SPEC §5): stress = ∂ψ/∂ε, algorithmic tangent, commit/revert, training."""
+"""The hidden-state model (docs/science.md §5): stress = ∂ψ/∂ε, algorithmic tangent, commit/revert, training."""
 
 import json
 

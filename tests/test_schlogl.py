@@ -1,4 +1,4 @@
-"""Issue 6, Schlögl: the exact SSA, the KDE reference, LSE-ICNN densities (SPEC §4)."""
+"""Issue 6, Schlögl: the exact SSA, the KDE reference, LSE-ICNN densities (docs/science.md §4)."""
 
 import json
 import math
@@ -119,7 +119,7 @@ def test_train_schlogl_writes_summary_and_plots(tmp_path):
     assert saved["distance"] == "hellinger" and len(saved["times"]) == 50
     for key in ("active_modes", "distance_to_kde", "kde_train_test_distance"):
         assert len(saved[key]) == 50
-    # SPEC §4: one mode before the split (t <= 0.5), two after it (t >= 4.1) ...
+    # docs/science.md §4: one mode before the split (t <= 0.5), two after it (t >= 4.1) ...
     assert summary["active_modes"][:5] == [1] * 5, summary["active_modes"]
     assert summary["active_modes"][-10:] == [2] * 10, summary["active_modes"]
     # ... and the fitted density is about as close to the held-out KDE as the training KDE is

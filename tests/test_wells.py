@@ -52,7 +52,7 @@ def test_three_variants_and_their_saddles_at_c_equal_s_c(variants):
         assert m.energy == pytest.approx(-p.d_e, abs=1e-10)
         assert min(m.eigenvalues) > 0 and m.mode is None and m.location["c"] == 1.0
     # Saddles: midway between neighbouring variants at |(e2, e3)| = s_e / 2, where
-    # ψ = 3/2·d_e/16 - d_e/8 - 3/2·d_e/4 ... = -5 d_e / 32 (SPEC eq. 11 at c̃ = 1).
+    # ψ = 3/2·d_e/16 - d_e/8 - 3/2·d_e/4 ... = -5 d_e / 32 (eq. 11 at c̃ = 1, docs/science.md §3).
     assert sorted(b.pair for b in variants.barriers) == [(0, 1), (0, 2), (1, 2)]
     for b in variants.barriers:
         assert b.verified
@@ -299,7 +299,7 @@ def test_seven_input_lse_icnn_with_bowls_on_the_true_wells_and_sharp_ridges(join
 
 
 def test_a_path_through_a_missed_basin_adds_its_minimum():
-    """x² - cos(1.5πx) (SPEC §2's cosine): starts only in the outer wells (the box centre 1.0
+    """x² - cos(1.5πx) (docs/science.md §2's cosine): starts only in the outer wells (the box centre 1.0
     and one data point), so the middle well is found by the path between them, not a start."""
     pot = AnalyticPotential(lambda x: x[:, 0] ** 2 - torch.cos(1.5 * math.pi * x[:, 0]), ["x"])
     options = {"box": {"x": (-0.5, 2.5)}, "samples": 0, "starts": [[-1.2]]}

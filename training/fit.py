@@ -1,10 +1,10 @@
 """The generic fitter: Adam with two parameter groups, proximal L1 on the gates, history.
 
-SPEC §1, eq. 7: loss = data loss + λ Σ_i |w_i|. Two Adam groups: the network (ICNN weights
+docs/science.md §1, eq. 7: loss = data loss + λ Σ_i |w_i|. Two Adam groups: the network (ICNN weights
 and any other network the model carries) and the gates ``w`` with ρ. The L1 term is applied
 as a proximal step after each Adam step (soft-thresholding ``w`` by ``lr·λ/(√v̂ + eps)``,
 Adam's own per-coordinate scale), so pruned gates are exactly zero rather than dithering
-around it (SPEC §2 "observed"). Sparsification starts after a warm-up (``sparsify_after``)
+around it (docs/science.md §1). Sparsification starts after a warm-up (``sparsify_after``)
 and ramps λ linearly over ``ramp`` so modes first find their wells. These schedule choices
 are [ours].
 
@@ -70,10 +70,10 @@ def prepare_output(out: str | Path, *, threads: int = 0) -> Path:
 
 @dataclass(frozen=True)
 class FitOptions:
-    """Optimiser and schedule settings ([ours] unless SPEC says otherwise).
+    """Optimiser and schedule settings ([ours] unless docs/science.md says otherwise).
 
     epochs: Adam steps (full batch). lr_network / lr_gates: learning rates of the two groups
-    (SPEC §2 start values 1e-3 / 1e-2). l1: λ of eq. 7. sparsify_after: fraction of the epochs
+    (defaults 1e-3 / 1e-2). l1: λ of eq. 7. sparsify_after: fraction of the epochs
     trained without L1 (fit first). ramp: fraction of the epochs over which λ ramps to its
     value. log_every: epochs between history records. checkpoint_every: epochs between
     resumable checkpoints (0: none). progress: report progress on stderr: a progress bar on a

@@ -1,4 +1,4 @@
-"""``lse-material train gene-circuit``: Waddington-type landscapes from trajectories (SPEC §6).
+"""``lse-material train gene-circuit``: Waddington-type landscapes from trajectories (docs/science.md §6).
 
 For γ = 0.2 (weak inhibition) and γ = 2.0 (strong) — one ensemble of two models — an
 LSE-ICNN potential (3 modes, 3 × 8) is trained so that ``-∇V_θ`` matches the velocities
@@ -19,7 +19,7 @@ Data [ours]: 100 trajectories per γ from uniform random starts in [0, 1.5]², R
 Δt = 0.1 for 6 time units (60 samples each), every third sample point used (2000 points per
 landscape); the velocities are the exact ``-∇V`` at those points.
 
-Transient landscape (SPEC §6) [ours: t0 = 4, τ = 0.5, 40 starts, t ∈ [0, 15)]:
+Transient landscape (docs/science.md §6) [ours: t0 = 4, τ = 0.5, 40 starts, t ∈ [0, 15)]:
 ``V_θ(x, t) = (1 - s) V_weak,θ + s V_strong,θ``, ``s = (1 + tanh((t - t0)/τ))/2``.
 Trajectories from random starts are integrated on the *learned* landscape (RK4 on
 ``-∇V_θ(x, t)``) and compared with the same starts integrated on the true one. A trajectory's
@@ -328,7 +328,7 @@ def train_gene_circuit(
         lse_material.save(
             model.member(i),
             out / f"{name}.safetensors",
-            description=f"gene-circuit landscape V(x, y), gamma = {gc.GAMMAS[name]} (SPEC §6)",
+            description=f"gene-circuit landscape V(x, y), gamma = {gc.GAMMAS[name]} (docs/science.md §6)",
             gamma=gc.GAMMAS[name],
             training_box={"x": list(gc.DOMAIN), "y": list(gc.DOMAIN)},
             training_summary=summary[name],

@@ -273,7 +273,7 @@ def _scores(model: LSEICNN, data, test, params) -> dict:
             "mu": r2_score(d.gradient[near, 6], data.mu[test][near]),
             "points": per_well,
         },
-        # Largest error along the path (SPEC-style eq. 16) relative to the path's own max |S|.
+        # Largest error along the path (eq. 16, docs/science.md §3) relative to the path's own max |S|.
         "path_error_inside_box": {
             "S": _rel_to_max(path.gradient[inside, :6], s_path[inside]),
             "mu": _rel_to_max(path.gradient[inside, 6], mu_path[inside]),

@@ -1,4 +1,4 @@
-"""``lse-material train metamaterial``: a potential with a hidden state (SPEC §5).
+"""``lse-material train metamaterial``: a potential with a hidden state (docs/science.md §5).
 
 The model (``lse_material.hidden_state.HiddenStateMaterial``): ψ = LSE-ICNN(I1, I2, I3, h),
 2 modes of 2 × 19, and a neural ODE ḣ = N(9 invariants of ε and ε̇, h), 2 × 15, 6 states,
@@ -7,7 +7,7 @@ integration of h (ξ is never shown to the model): full-batch Adam (the last 15 
 epochs at a tenth of the learning rate) over the 320 training trajectories (320 / 80 split [paper: 80 / 20]), loss = mean squared error of the normal stress
 components σ11, σ22, σ33, each divided by its standard deviation over the training data (the
 shear components are zero in the data and, for uniaxial strain, exactly zero in the model).
-No L1 on the gates: SPEC fixes two modes.
+No L1 on the gates: the paper fixes two modes (docs/science.md §5).
 
 ``ReferenceLaw`` (the data model's return mapping behind the internal-state law interface,
 the reference of the FE case) lives with its data model in
@@ -49,8 +49,8 @@ __all__ = [
     "train_metamaterial",
 ]
 
-N_TRAJECTORIES, N_STEPS, TRAIN_FRACTION = 400, 100, 0.8  # SPEC §5 [paper]
-N_STATE, N_MODES, HIDDEN, ODE_HIDDEN = 6, 2, (19, 19), (15, 15)  # SPEC §5 [paper]
+N_TRAJECTORIES, N_STEPS, TRAIN_FRACTION = 400, 100, 0.8  # docs/science.md §5 [paper]
+N_STATE, N_MODES, HIDDEN, ODE_HIDDEN = 6, 2, (19, 19), (15, 15)  # docs/science.md §5 [paper]
 NORMAL = [0, 1, 2]  # σ11, σ22, σ33: the stress components the loss sees
 ANNEAL = 0.15  # fraction of the epochs trained at lr/10 at the end [ours]
 
@@ -182,7 +182,7 @@ def _save_model(
         output={"name": "psi", "units": "energy per volume (units of the bulk modulus κ)"},
         training_box={"eps11": [float(eps11.min()), float(eps11.max())]},
         training={
-            "data": "metamaterial sawtooth histories (SPEC §5), uniaxial strain along e1",
+            "data": "metamaterial sawtooth histories (docs/science.md §5), uniaxial strain along e1",
             "params": mm.MetamaterialParams().__dict__,
             "fixed_phase": summary["fixed_phase"],
             "trajectories": trajectories,

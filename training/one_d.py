@@ -1,7 +1,7 @@
-"""The 1-D well-discovery study (SPEC §2): ``lse-material fit-1d`` and ``lse-material bench fit-1d``.
+"""The 1-D well-discovery study (docs/science.md §2): ``lse-material fit-1d`` and ``lse-material bench fit-1d``.
 
 All functions × seeds train as ONE ensemble model (a leading batch dimension), so a study is
-one batched forward per epoch. Protocol [ours] (SPEC §2 leaves it open):
+one batched forward per epoch. Protocol [ours] (the paper leaves it open; docs/science.md §2):
 
 1. modes start as bowls centred on spread data points (``LSEICNN.spread_modes``), ρ = exp(ρ̃)
    starting at 1, gates at w = 1;
@@ -38,7 +38,7 @@ from lse_material.plotting import save_figure, subplots
 
 __all__ = ["FunctionName", "OneDStudy", "bench_fit_1d", "fit_1d"]
 
-N_TRAIN, N_EVAL, N_MODES, HIDDEN = 200, 200, 10, (10, 10)  # SPEC §2 [paper]
+N_TRAIN, N_EVAL, N_MODES, HIDDEN = 200, 200, 10, (10, 10)  # docs/science.md §2 [paper]
 FunctionName = Literal["cosine", "minmix", "quartic", "all"]  # a key of FUNCTIONS, or all
 
 

@@ -1,4 +1,4 @@
-"""``lse-material train schlogl``: multimodal densities of the Schlögl model (SPEC §4).
+"""``lse-material train schlogl``: multimodal densities of the Schlögl model (docs/science.md §4).
 
 At each observation time, a density ``p(x) ∝ exp(-W(x))`` with ``W`` an LSE-ICNN (≤ 5 modes,
 2 × 10, one input): a mixture of log-concave components. Fitted by variational inference:

@@ -1,4 +1,4 @@
-"""A conservative two-gene circuit with an explicit potential (SPEC §6, [ours]).
+"""A conservative two-gene circuit with an explicit potential (docs/science.md §6, [ours]).
 
     V(x, y) = -b(x + y) + a(-x²/2 + x³/(3K)) + a(-y²/2 + y³/(3K)) + γ x² y² / 2
     (ẋ, ẏ) = -∇V = (b + a x(1 - x/K) - γ x y²,  b + a y(1 - y/K) - γ x² y)

@@ -1,4 +1,4 @@
-"""The mechanochemical free energy of SPEC §3 (Rudraraju, Van der Ven & Garikipati 2016).
+"""The mechanochemical free energy of docs/science.md §3 (Rudraraju, Van der Ven & Garikipati 2016).
 
 One definition of the formula (``psi_components``, arithmetic only) serves two backends:
 torch tensors (data, training, reference laws) and UFL expressions (FE reference runs), so
@@ -62,7 +62,7 @@ ORDER = (
 
 @dataclass(frozen=True)
 class MechanochemicalParams:
-    """Parameters of SPEC eq. 11. Values [ours], from the source code's defaults.
+    """Parameters of eq. 11 (docs/science.md §3). Values [ours], from the source code's defaults.
 
     d_c: depth of the chemical double well (its barrier height is d_c at c = s_c/2);
     s_c: concentration of the second chemical well (c̃ = c / s_c);
@@ -91,7 +91,7 @@ class MechanochemicalParams:
 def psi_components(
     E11, E22, E33, E23, E13, E12, c, params: MechanochemicalParams = MechanochemicalParams()
 ):
-    """ψ from tensor components (E23 etc. are tensor, not engineering, shears) — SPEC eq. 11.
+    """ψ from tensor components (E23 etc. are tensor, not engineering, shears) — eq. 11 (docs/science.md §3).
 
     Arithmetic only (``+ - * /`` and float constants): works unchanged on torch tensors of
     any common shape (result: that shape) and on UFL scalar expressions.
@@ -290,7 +290,7 @@ def _check_count(n) -> None:
 
 
 def true_wells(params: MechanochemicalParams = MechanochemicalParams()) -> dict:
-    """The wells of ψ at fixed c (SPEC-style closed form), as inputs ``(m, 7)`` and energies.
+    """The wells of ψ at fixed c (the closed form of docs/science.md §3), as inputs ``(m, 7)`` and energies.
 
     ``{"c=0": (x (1, 7), psi (1,)), "c=s_c": (x (3, 7), psi (3,))}``: the reference phase at
     E = 0 (ψ = 0) and the three tetragonal variants at |(e2, e3)| = s_e where
@@ -310,7 +310,7 @@ def true_wells(params: MechanochemicalParams = MechanochemicalParams()) -> dict:
 def extrapolation_path(
     n_points: int = 131, *, e_bar: float = 0.1, t_max: float = 1.3, s_c: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """SPEC eq. 16 [ours]: c(t) = t s_c, E(t) = (t ē/√6) diag(1, 1, -2), so e3 = t ē, e1 = e2 = 0.
+    """Eq. 16 [ours] (docs/science.md §3): c(t) = t s_c, E(t) = (t ē/√6) diag(1, 1, -2), so e3 = t ē, e1 = e2 = 0.
 
     Returns t ``(n_points,)`` uniform on [0, t_max] and x ``(n_points, 7)`` (INPUT_NAMES).
     It leaves the training box (c > 1) for t > 1.

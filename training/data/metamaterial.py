@@ -1,4 +1,4 @@
-"""The phase-transforming metamaterial of SPEC §5 (Rossi, Romero & Huespe 2024, in 3-D).
+"""The phase-transforming metamaterial of docs/science.md §5 (Rossi, Romero & Huespe 2024, in 3-D).
 
 Small strain ``ε`` (3×3 symmetric), phase-B volume fraction ``ξ ∈ [0, 1]``, transformation
 strain ``ε_t = ε_t11 e1⊗e1``, isotropic elasticity ``ℂ = κ I⊗I + 2μ (𝕀 - I⊗I/3)``:
@@ -45,7 +45,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class MetamaterialParams:
-    """Material constants of SPEC §5 (the paper's table; the symbol order is ours).
+    """Material constants of docs/science.md §5 (the paper's table; the symbol order is ours).
 
     kappa: bulk modulus κ; mu: shear modulus μ; eps_t11: the only non-zero component of the
     transformation strain ε_t = eps_t11 e1⊗e1; delta_psi: chemical energy Δψ of phase B;
@@ -88,7 +88,7 @@ class StrainResponse(NamedTuple):
 
 
 class MetamaterialData(NamedTuple):
-    """Sawtooth histories (SPEC §5).
+    """Sawtooth histories (docs/science.md §5).
 
     strain, stress: ``(n_traj, n_steps, 3, 3)``; xi: ``(n_traj, n_steps)`` (not observed by
     the model, kept for checks and plots); time: ``(n_steps,)``; period: ``(n_traj,)`` the
@@ -228,12 +228,12 @@ def sawtooth_histories(
     t_final: float = 1.0,
     params: MetamaterialParams = MetamaterialParams(),
 ) -> MetamaterialData:
-    """Cyclic uniaxial strain-controlled sawtooth histories (SPEC §5), float64.
+    """Cyclic uniaxial strain-controlled sawtooth histories (docs/science.md §5), float64.
 
     ``ε = ε11(t) e1⊗e1`` [ours]. Each trajectory has one period P, an integer number of steps
     drawn uniformly from ``period_range`` (inclusive) [ours: 20 to 60 steps, so 100 steps
     hold 1.7 to 5 cycles]; every cycle has its own amplitude ``a ~ U[amplitude_range]``
-    (compression, [-0.2, -0.05] per SPEC) and goes linearly 0 → a → 0:
+    (compression, [-0.2, -0.05] [ours]) and goes linearly 0 → a → 0:
     ``ε11(k) = a_cycle · (1 - |2 s - 1|)``, ``s = (k mod P) / P``. The history starts at
     ε = 0, ξ = 0; ``fixed_phase=True`` keeps ξ ≡ 0 (same strains, linear elastic stress).
     ``time (n_steps,)`` is uniform on [0, t_final] [ours: the model is rate independent].

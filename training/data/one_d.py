@@ -1,7 +1,7 @@
-"""The one-dimensional test functions of SPEC §2 (settings [ours]; the paper names only their kinds).
+"""The one-dimensional test functions of docs/science.md §2 (settings [ours]; the paper names only their kinds).
 
-Domains: SPEC's [-2, 2] for quartic and minmix. For cosine we use [-1.6, 1.6] [ours, a change
-from SPEC]: ``x² - cos(1.5πx)`` is concave for |x| > 1.69 (f'' = 2 + 2.25π² cos(1.5πx) < 0),
+Domains: [-2, 2] for quartic and minmix. For cosine we use [-1.6, 1.6] [ours, a change
+from [-2, 2]]: ``x² - cos(1.5πx)`` is concave for |x| > 1.69 (f'' = 2 + 2.25π² cos(1.5πx) < 0),
 so on [-2, 2] it has two concave shoulders at the ends besides its three wells. A minimum of
 convex modes can only bend down where two modes cross, so those shoulders need two extra
 modes: with [-2, 2] our protocol found 3 modes in only 5 of 10 seeds (the other fits used 4-5

@@ -1,4 +1,4 @@
-"""The Schlögl model (SPEC §4): an exact Gillespie SSA, vectorised over trajectories.
+"""The Schlögl model (docs/science.md §4): an exact Gillespie SSA, vectorised over trajectories.
 
 Reactions A + 2X ⇌ 3X (k1, k2) and B ⇌ X (k3, k4) with reservoirs A, B held fixed;
 propensities a1 = (k1/2) A X(X-1), a2 = (k2/6) X(X-1)(X-2), a3 = k3 B, a4 = k4 X.
