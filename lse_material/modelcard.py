@@ -42,8 +42,10 @@ def model_card(model: str | Path) -> str:
     for key in ("training", "metrics"):
         if key in card:
             lines.append(f"{key:<12} {json.dumps(card[key])}")
-    if "wells" in card:  # the well table stored by training (WellAnalysis.to_json)
-        lines.append(wells_table(card["wells"]))
+    if "wells" in card:  # WellAnalysis.to_json, or one per slice: {"c=0": table, ...}
+        wells = card["wells"]
+        tables = [wells] if "minima" in wells else list(wells.values())
+        lines.extend(wells_table(table) for table in tables)
     lines.append("versions     " + ", ".join(f"{k} {v}" for k, v in card["versions"].items()))
     return "\n".join(lines)
 

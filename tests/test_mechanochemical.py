@@ -165,3 +165,11 @@ def test_training_rejects_bad_parameters(tmp_path):
     with pytest.raises(ValueError, match="samples >= 50"):
         train_mechanochemical(out=tmp_path / "b", samples=10, epochs=1)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_inspect_prints_the_wells_of_both_slices(trained):
+    from lse_material.modelcard import model_card
+
+    out, _ = trained
+    card = model_card(out / "model.safetensors")
+    assert card.count("fixed: c=") == 2 and "sha256" in card, card
