@@ -39,6 +39,7 @@ __all__ = [
     "training_box",
     "true_wells",
     "extrapolation_path",
+    "ufl_inputs",
 ]
 
 INPUT_NAMES = ("E11", "E22", "E33", "2E23", "2E13", "2E12", "c")
