@@ -62,12 +62,7 @@ from lse_material.training.fit import (
     r2_score,
     resolve_device,
 )
-from lse_material.training.mode_init import (
-    match_mode_levels,
-    pretrain_modes_locally,
-    regions,
-    well_candidates,
-)
+from lse_material.training.mode_init import pretrain_on_wells, well_candidates
 
 import lse_material
 from lse_material.atomic import save_figure, write_json
@@ -599,8 +594,7 @@ def _pretrain(model: LSEICNN, problem: _Problem, config: TrainConfig, centres) -
     options = config.fit.options(
         epochs=config.fit.pretrain_epochs, l1=0.0, log_every=every, report_every=every
     )
-    local = pretrain_modes_locally(single, x, flux, flux_std, regions(single, x, centres), options)
-    match_mode_levels(single, x, centres)
+    local = pretrain_on_wells(single, x, flux, flux_std, centres, options)
     with torch.no_grad():
         if problem.train.energy is not None:  # energy targets fix the constant the fluxes leave
             residual = problem.train.energy - single(x)

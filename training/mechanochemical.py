@@ -40,12 +40,7 @@ from lse_material.training.fit import (
     r2_score,
     resolve_device,
 )
-from lse_material.training.mode_init import (
-    match_mode_levels,
-    pretrain_modes_locally,
-    regions,
-    well_candidates,
-)
+from lse_material.training.mode_init import pretrain_on_wells, well_candidates
 
 import lse_material
 from lse_material.atomic import write_json
@@ -126,15 +121,11 @@ def train_mechanochemical(
     flux = torch.cat([data.stress, data.mu[:, None]], dim=1).to(dev)  # (n, 7): S (Voigt), μ
     flux_std = flux[train].std(0)
 
-    model = _started_model(x[train], flux[train], params, seed=seed, nested=nested)
+    model, centres = _started_model(x[train], flux[train], params, seed=seed, nested=nested)
     pretrain_loss = None
     if pretrain_epochs:
-        region = regions(model, x[train], model.card["centres"])
         local = FitOptions(epochs=pretrain_epochs, lr_network=3e-3, l1=0.0, progress=True)
-        pretrain_loss = pretrain_modes_locally(
-            model, x[train], flux[train], flux_std, region, local
-        )
-        match_mode_levels(model, x[train], model.card["centres"])
+        pretrain_loss = pretrain_on_wells(model, x[train], flux[train], flux_std, centres, local)
 
     def data_loss():
         gradient = model.derivatives(x[train], hessian=False).gradient
@@ -193,10 +184,10 @@ def _eliminate(model: LSEICNN, data_loss, x) -> list[int]:
     return result.removed
 
 
-def _started_model(x, flux, params, *, seed: int, nested: bool) -> LSEICNN:
+def _started_model(x, flux, params, *, seed: int, nested: bool) -> tuple[LSEICNN, torch.Tensor]:
     """The LSE-ICNN with its normalisation, modes placed on the data's well candidates, and
     (nested) the groups by phase: modes whose candidate has c > s_c/2 form the transformed
-    phase. The candidates are kept in ``model.card["centres"]`` for the next steps."""
+    phase. Returns the model and the candidates ``(N, 7)``."""
     low, high = x.min(0).values, x.max(0).values
     shift, scale = (high + low) / 2, (high - low) / 2
     first = torch.zeros(x.shape[1], dtype=x.dtype, device=x.device)
@@ -221,8 +212,7 @@ def _started_model(x, flux, params, *, seed: int, nested: bool) -> LSEICNN:
         input_shift=shift, input_scale=scale, energy_scale=float((flux_std * scale).mean())
     )
     model.place_modes(centres)
-    model.card = {"centres": centres}
-    return model
+    return model, centres
 
 
 @torch.no_grad()
@@ -322,7 +312,6 @@ def evaluate_wells(model, params=None) -> dict:
 
 
 def _save(model: LSEICNN, out: Path, summary: dict, params) -> None:
-    model.card = {}
     box = {name: list(bounds) for name, bounds in mc.training_box(params).items()}
     lse_material.save(
         model,

@@ -23,7 +23,13 @@ from lse_material.training.fit import FitOptions, fit
 
 from lse_material.lse import LSEICNN
 
-__all__ = ["well_candidates", "regions", "pretrain_modes_locally", "match_mode_levels"]
+__all__ = [
+    "well_candidates",
+    "regions",
+    "pretrain_modes_locally",
+    "match_mode_levels",
+    "pretrain_on_wells",
+]
 
 
 def well_candidates(
@@ -126,3 +132,18 @@ def match_mode_levels(
     shifts = torch.linalg.lstsq(system, target[:, None]).solution[:, 0]
     model.modes.out_bias.add_(shifts)
     return shifts
+
+
+def pretrain_on_wells(
+    model: LSEICNN,
+    x: torch.Tensor,
+    flux: torch.Tensor,
+    flux_scale: torch.Tensor,
+    centers: torch.Tensor,
+    options: FitOptions,
+) -> float:
+    """Steps 2 and 3 of the module docstring for modes placed on ``centers (N, d)``: each mode
+    fitted alone on its region, then the levels matched. Returns the final local loss."""
+    loss = pretrain_modes_locally(model, x, flux, flux_scale, regions(model, x, centers), options)
+    match_mode_levels(model, x, centers)
+    return loss
