@@ -64,6 +64,7 @@ from lse_material.fem import (
 )
 from lse_material.hidden_state import STRAIN_NAMES
 from lse_material.jsonio import write_json
+from lse_material.plotting import save_figure, subplots
 
 __all__ = ["MetamaterialBarResult", "force_difference", "simulate_metamaterial"]
 
@@ -425,12 +426,8 @@ def _write(writer, law, indicator, t: float) -> None:
 
 
 def _plots(out: Path, summary: dict, other: dict | None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = subplots(1, 2, size=(11, 4))
+    axes = axes[0]
     label = summary["law"]
     axes[0].plot(
         summary["displacement"], summary["force"], "r-" if label == "model" else "k-", label=label
@@ -466,6 +463,4 @@ def _plots(out: Path, summary: dict, other: dict | None) -> None:
     axes[1].set_title(f"{label}: transformation fronts (phase indicator > 1/2)")
     axes[1].set_xlabel("step")
     axes[1].legend()
-    fig.tight_layout()
-    fig.savefig(out / "force_displacement.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, out / "force_displacement.png")

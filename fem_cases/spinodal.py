@@ -43,6 +43,7 @@ from mpi4py import MPI
 
 from lse_material.fem import LawNewtonSolver, QuadratureLaw, dolfinx, solve_with_cuts
 from lse_material.jsonio import write_json
+from lse_material.plotting import save_figure, subplots
 
 __all__ = ["SpinodalResult", "simulate_spinodal"]
 
@@ -339,29 +340,19 @@ def _snapshot(out: Path, w, comm) -> None:
     xs = comm.gather(V1.tabulate_dof_coordinates()[:n, :2], root=0)
     cs = comm.gather(c.x.array[:n], root=0)
     if comm.rank == 0:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         xy, values = np.concatenate(xs), np.concatenate(cs)
-        fig, ax = plt.subplots(figsize=(4.5, 4))
+        fig, axes = subplots(size=(4.5, 4))
+        ax = axes[0, 0]
         im = ax.tricontourf(xy[:, 0], xy[:, 1], values, levels=30, cmap="viridis")
         fig.colorbar(im, ax=ax, label="c")
         ax.set_aspect("equal")
         ax.set_title("c at the final time")
-        fig.tight_layout()
-        fig.savefig(out / "concentration_final.png", dpi=110)
-        plt.close(fig)
+        save_figure(fig, out / "concentration_final.png")
 
 
 def _plots(out: Path, summary: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig, axes = subplots(1, 3, size=(13, 3.6))
+    axes = axes[0]
     axes[0].plot(summary["time"], summary["energy"])
     axes[0].set_ylabel("free energy")
     axes[1].plot(summary["time"], summary["phase_fraction"])
@@ -370,6 +361,4 @@ def _plots(out: Path, summary: dict) -> None:
     axes[2].set_ylabel("Δt")
     for ax in axes:
         ax.set_xlabel("time")
-    fig.tight_layout()
-    fig.savefig(out / "energy_phase.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, out / "energy_phase.png")
