@@ -94,8 +94,10 @@ def test_train_gene_circuit_writes_summary_models_and_plots(tmp_path):
         out=tmp_path, trajectories=10, epochs=60, finetune_epochs=10, device="cpu"
     )
     saved = json.loads((tmp_path / "summary.json").read_text())
+    # 60 epochs resolve the weak circuit's one well (measured 0.02 from the truth); the strong
+    # circuit's two wells need the full run and are not asserted at this size.
+    assert len(saved["weak"]["wells"]) == 1 and saved["weak"]["well_errors"][0] < 0.05
     for name, n_true in (("weak", 1), ("strong", 2)):
-        assert 1 <= saved[name]["active_modes"] <= 3
         assert all(len(w) == 2 for w in saved[name]["wells"])
         assert len(saved[name]["true_wells"]) == n_true
         model = lse_material.load(tmp_path / f"{name}.safetensors")
