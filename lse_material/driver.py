@@ -491,7 +491,7 @@ def drive_law(
 
 
 # --------------------------------------------------------------------------- paths
-SPEC_KINDS = ("uniaxial-stress", "uniaxial-strain")
+PATH_KINDS = ("uniaxial-stress", "uniaxial-strain")
 
 
 def _number(text: str, what: str) -> float:
@@ -526,10 +526,10 @@ def _by_flux(name: str, input_names: Sequence[str]) -> str | None:
 def _spec_path(spec: str, input_names: Sequence[str]) -> tuple[dict, dict]:
     kind, _, rest = spec.partition(":")
     name, sep, ramp = rest.partition("=")
-    if kind not in SPEC_KINDS or not sep:
+    if kind not in PATH_KINDS or not sep:
         raise ValueError(
-            f"path {spec!r}: a SPEC is KIND:NAME=START:END:STEPS[:END2:STEPS2 ...] with KIND "
-            f"in {list(SPEC_KINDS)} (or give a .csv/.json file)."
+            f"path {spec!r}: a path spec is KIND:NAME=START:END:STEPS[:END2:STEPS2 ...] with KIND "
+            f"in {list(PATH_KINDS)} (or give a .csv/.json file)."
         )
     if name not in input_names:
         raise ValueError(
@@ -632,7 +632,7 @@ def parse_path(
     fix: Mapping[str, float] | None = None,
     dt: float = 1.0,
 ) -> DrivePath:
-    """A ``DrivePath`` from a SPEC string or a ``.csv``/``.json`` file (the README's formats).
+    """A ``DrivePath`` from a path spec string or a ``.csv``/``.json`` file (the README's formats).
 
     ``fix``: inputs held at a value at every point (they must not be in the path otherwise);
     ``dt``: the time per step when the path gives no ``time``.
@@ -658,7 +658,7 @@ def parse_path(
             raise ValueError(f"--fix {name}: unknown input; the law's are {list(input_names)}.")
         if name in prescribed:
             raise ValueError(f"--fix {name}: the path prescribes {name} already.")
-        flux.pop(name, None)  # a fixed strain of a SPEC path is no longer free
+        flux.pop(name, None)  # a fixed strain of a path spec is no longer free
         if not math.isfinite(value):
             raise ValueError(f"--fix {name}={value}: the value must be finite.")
         prescribed[name] = np.full(n, float(value))
@@ -774,7 +774,7 @@ def drive(
         a model file (.safetensors), or ``mechanochemical`` (the analytic ψ of docs/science.md §3) or
         ``metamaterial`` (the reference return mapping of docs/science.md §5).
     path
-        a SPEC ``KIND:NAME=START:END:STEPS[:END2:STEPS2 ...]`` (KIND uniaxial-stress: the
+        a path spec ``KIND:NAME=START:END:STEPS[:END2:STEPS2 ...]`` (KIND uniaxial-stress: the
         other strain inputs (all other inputs for a law without the six Voigt strains) free
         at zero flux; uniaxial-strain: held at 0), or a .csv file
         (columns named by input: prescribed; by flux, e.g. S11: that input free; optional
