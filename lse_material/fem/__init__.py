@@ -17,9 +17,19 @@ plain ``import dolfinx`` works, and ``from lse_material.fem import dolfinx`` is 
   returns a ``NewtonResult`` with the residual history. ``solve_with_cuts``: a step that is
   halved and retried until Newton converges (laws reverted on failure, committed on success).
 - ``ReactionForce``: the reaction on a Dirichlet boundary from the residual form.
+- ``ArcLengthSolver``: arc-length continuation (PETSc SNESNEWTONAL) through limit points, the
+  laws refreshed as in ``LawNewtonSolver``; ``trace`` returns an ``ArcLengthPath`` of
+  ``ArcLengthPoint`` (load, measure, energy, smallest tangent eigenvalue) and its
+  ``CriticalPoint`` list (limit points, bifurcations).
 """
 
 from lse_material.fem._dolfinx import dolfinx
+from lse_material.fem.arclength import (
+    ArcLengthPath,
+    ArcLengthPoint,
+    ArcLengthSolver,
+    CriticalPoint,
+)
 from lse_material.fem.newton import (
     CutSolve,
     LawNewtonSolver,
@@ -34,6 +44,10 @@ from lse_material.fem.reaction import ReactionForce
 from lse_material.fem.state_law import QuadratureStateLaw
 
 __all__ = [
+    "ArcLengthPath",
+    "ArcLengthPoint",
+    "ArcLengthSolver",
+    "CriticalPoint",
     "CutSolve",
     "Law",
     "LawNewtonSolver",
