@@ -399,8 +399,28 @@ def test_modes_start_on_the_wells_grouped_by_threshold_and_pretrained(tmp_path):
     assert lse_material.load(tmp_path / "run" / "model.safetensors").groups == (0, 1)
 
 
+def test_elimination_may_empty_a_group_of_a_nested_model(tmp_path):
+    """Three modes in two groups; every elimination accepted (growth 1e9) closes two, so one
+    group is left empty: the nested LSE stays finite and the saved model loads."""
+    file = write_csv(tmp_path / "d.csv", HEADER, double_well_rows(300))
+    config = config_from_dict(
+        {
+            **tiny_config(file),
+            "model": {"max_modes": 3, "hidden": [6, 6], **WELLS},
+            "fit": {**TINY["fit"], "seeds": 1, "elimination_growth": 1e9},
+        }
+    )
+    result = train(config, out=tmp_path / "run")
+    assert result.summary["elimination"]["removed"] == [2]
+    assert result.summary["active_modes"] == 1
+    model = lse_material.load(tmp_path / "run" / "model.safetensors")
+    x = torch.rand(50, 2, dtype=torch.float64) * 2 - 1
+    d = model.derivatives(x, hessian=True)
+    assert torch.isfinite(d.energy).all() and torch.isfinite(d.hessian).all()
+
+
 BAD_WELLS = [
-    ({"model": WELLS, "fit": {"elimination": True}}, r"needs fit.elimination = false"),
+    ({"fit": {"elimination_growth": 0.9}}, r"fit.elimination_growth >= 1; got .*0.9"),
     ({"fit": {"pretrain_epochs": 10}}, r"fit.pretrain_epochs = 10 needs model.init = \"wells\""),
     (
         {"model": WELLS, "fit": {"pretrain_epochs": 10, "seeds": 2, "elimination": False}},

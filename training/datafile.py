@@ -1,7 +1,8 @@
 """Users' own training data: a CSV (header row) or NPZ file with named columns.
 
 ``DataConfig`` names the columns (the ``[data]`` table of a ``train data`` config);
-``load_data`` reads and validates them; ``split_rows`` makes the train/validation split.
+``load_data`` reads and validates them (``dataset_from_columns``: the same from arrays in
+memory, e.g. a data model's samples); ``split_rows`` makes the train/validation split.
 Every problem raises one ``DataError`` (a ValueError) naming the file, the column and the row,
 before anything is trained or written:
 
@@ -28,7 +29,15 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-__all__ = ["DataConfig", "DataError", "Dataset", "Split", "load_data", "split_rows"]
+__all__ = [
+    "DataConfig",
+    "DataError",
+    "Dataset",
+    "Split",
+    "dataset_from_columns",
+    "load_data",
+    "split_rows",
+]
 
 MIN_TRAIN_ROWS = 4  # [ours]: fewer cannot fix a normalisation box and a fit
 MAX_LISTED = 10  # rows named in one error message
@@ -200,16 +209,53 @@ def load_data(config: DataConfig, *, base: str | Path = ".") -> Dataset:
     path = path if path.is_absolute() else Path(base) / path
     if not path.is_file():
         raise FileNotFoundError(f"data file {path} does not exist (data.file = {config.file!r}).")
+    npz = path.suffix == ".npz"
+    reader = _read_npz if npz else _read_csv
+    columns, groups, rows = reader(path, config.numeric_columns(), config.group)
+    sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+    return _validated(
+        config, columns, groups, rows, path, sha256, row_word="row" if npz else "line"
+    )
+
+
+def dataset_from_columns(
+    config: DataConfig,
+    columns: dict[str, np.ndarray],
+    *,
+    source: str,
+    groups: np.ndarray | None = None,
+) -> Dataset:
+    """The same validated ``Dataset`` from arrays in memory (a data model, another program).
+
+    ``columns``: ``{name: (n,)}`` holding every column ``config`` names (``config.file`` is
+    not read); ``source``: what the data are, reported as the dataset's path; ``groups``:
+    ``(n,)`` labels for a group split (``config.group`` names them). The SHA-256 is that of
+    the float64 columns, in ``config.numeric_columns()`` order.
+    """
     wanted = config.numeric_columns()
-    reader = _read_npz if path.suffix == ".npz" else _read_csv
-    columns, groups, rows = reader(path, wanted, config.group)
+    _check_header(Path(source), list(columns), wanted)
+    table = {name: np.ascontiguousarray(columns[name], dtype=np.float64) for name in wanted}
+    if len({a.shape for a in table.values()}) != 1 or table[wanted[0]].ndim != 1:
+        shapes = {name: a.shape for name, a in table.items()}
+        raise DataError(f"{source}: columns must be 1-D arrays of one length; got {shapes}.")
+    digest = hashlib.sha256()
+    for name in wanted:
+        digest.update(table[name].tobytes())
+    n = len(table[wanted[0]])
+    return _validated(
+        config, table, groups, np.arange(n), Path(source), digest.hexdigest(), row_word="row"
+    )
+
+
+def _validated(config, columns, groups, rows, path: Path, sha256: str, *, row_word: str):
+    """The checks common to every source (NaN/inf rows, weights, constant inputs)."""
+    wanted = config.numeric_columns()
     table = np.stack([columns[name] for name in wanted], axis=1)
     bad = ~np.isfinite(table).all(axis=1)
     dropped = int(bad.sum())
     if dropped and not config.drop_nonfinite:
-        where = "line" if reader is _read_csv else "row"
         named = [
-            f"{where} {rows[i]} ({', '.join(n for n, v in zip(wanted, table[i]) if not np.isfinite(v))})"
+            f"{row_word} {rows[i]} ({', '.join(n for n, v in zip(wanted, table[i]) if not np.isfinite(v))})"
             for i in np.nonzero(bad)[0][:MAX_LISTED]
         ]
         more = f" and {dropped - MAX_LISTED} more" if dropped > MAX_LISTED else ""
@@ -221,7 +267,7 @@ def load_data(config: DataConfig, *, base: str | Path = ".") -> Dataset:
     if config.weight and (columns[config.weight][keep] < 0).any():
         i = int(np.nonzero(keep & (columns[config.weight] < 0))[0][0])
         raise DataError(
-            f"{path}: negative sample weight in column {config.weight!r}, row {rows[i]}."
+            f"{path}: negative sample weight in column {config.weight!r}, {row_word} {rows[i]}."
         )
 
     def column(name):
@@ -252,7 +298,7 @@ def load_data(config: DataConfig, *, base: str | Path = ".") -> Dataset:
         rows=rows[keep],
         dropped=dropped,
         path=path,
-        sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+        sha256=sha256,
     )
 
 

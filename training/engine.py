@@ -15,7 +15,8 @@ any key) drives ``train``:
 3. all seeds as ONE batched ensemble (``LSEICNN(..., ensemble=seeds)``): modes spread over the
    data, ``fit`` (Adam, two groups, proximal L1 after a warm-up), ``fold_gates``, optionally the
    greedy elimination (a removal is kept when the training loss after the fine-tune is
-   ``<= tolerance`` or ``<= 1.21×`` the loss before [ours]), optionally a polish without L1;
+   ``<= tolerance`` or ``<= elimination_growth×`` the loss before, 1.21 by default [ours]),
+   optionally a polish without L1;
 4. the member with the smallest validation loss is saved (``model.safetensors`` with the
    training box of the data, input names and units, metrics, the config and the data file's
    SHA-256); every seed's validation loss, active modes, ρ and minima (``lse_material.wells``)
@@ -85,7 +86,6 @@ __all__ = [
 
 RUN_FILES = ("config.json", "checkpoint.pt", "model.safetensors", "summary.json", "history.json")
 PLOTS = ("parity.png", "history.png", "wells.png")
-ACCEPT_RELATIVE = 1.21  # elimination: a removal may raise the training loss by 21 % [ours]
 IMPROVEMENT = 1e-3  # early stopping: a relative improvement of the validation loss [ours]
 INITS = ("spread", "wells")
 GROUPINGS = ("none", "threshold")
@@ -157,7 +157,8 @@ class FitConfig:
     """epochs, lr_network, lr_gates, l1, sparsify_after, ramp: as ``FitOptions`` (the L1 phase).
     early_stopping: patience in epochs after the L1 ramp (0: off). elimination: run the greedy
     elimination; tolerance: the normalised training loss a removal may reach; finetune_epochs:
-    per elimination round. polish_epochs: a final fit without L1 (0: none). pretrain_epochs:
+    per elimination round; elimination_growth: the factor by which a removal may raise the
+    training loss and still be kept (1.21 [ours]). polish_epochs: a final fit without L1 (0: none). pretrain_epochs:
     before the fit, each mode alone fitted to the fluxes of its candidate's Voronoi region,
     then the modes' constants matched (``training.mode_init``; needs model.init = "wells" and
     seeds = 1; 0: none). seeds: ensemble
@@ -174,6 +175,7 @@ class FitConfig:
     elimination: bool = True
     tolerance: float = 1e-3
     finetune_epochs: int = 500
+    elimination_growth: float = 1.21
     polish_epochs: int = 0
     pretrain_epochs: int = 0
     seeds: int = 1
@@ -194,10 +196,13 @@ class FitConfig:
                 raise ConfigError(f"fit.{name} must be >= 0; got {getattr(self, name)}.")
         if self.seeds < 1:
             raise ConfigError(f"fit.seeds must be >= 1; got {self.seeds}.")
-        if self.elimination and (self.finetune_epochs < 1 or not self.tolerance > 0):
+        if self.elimination and (
+            self.finetune_epochs < 1 or not self.tolerance > 0 or not self.elimination_growth >= 1
+        ):
             raise ConfigError(
-                "fit.elimination needs fit.finetune_epochs >= 1 and fit.tolerance > 0; got "
-                f"{self.finetune_epochs} and {self.tolerance}."
+                "fit.elimination needs fit.finetune_epochs >= 1, fit.tolerance > 0 and "
+                f"fit.elimination_growth >= 1; got {self.finetune_epochs}, {self.tolerance} and "
+                f"{self.elimination_growth}."
             )
 
     def options(self, **changes) -> FitOptions:
@@ -257,11 +262,6 @@ class TrainConfig:
                     f'model.init = "wells" needs a gradient column for every input (the flux '
                     f'locates the wells); data.gradients lacks {missing}. Use init = "spread".'
                 )
-        if m.groups != "none" and self.fit.elimination:
-            raise ConfigError(
-                f"model.groups = {m.groups!r} needs fit.elimination = false: removing the last "
-                "mode of a group makes the nested LSE's gradients non-finite (not supported yet)."
-            )
         if self.fit.pretrain_epochs and (m.init != "wells" or self.fit.seeds != 1):
             raise ConfigError(
                 f'fit.pretrain_epochs = {self.fit.pretrain_epochs} needs model.init = "wells" and '
@@ -668,7 +668,7 @@ def _run_phases(model: LSEICNN, problem: _Problem, config: TrainConfig, out: Pat
                 epochs=f.finetune_epochs, l1=0.0, progress=False, log_every=f.finetune_epochs
             ),
             accept=lambda before, after: (
-                (after <= f.tolerance) | (after <= ACCEPT_RELATIVE * before)
+                (after <= f.tolerance) | (after <= f.elimination_growth * before)
             ),
         )
         removed, rounds = result.removed, result.rounds
@@ -818,11 +818,18 @@ def _evaluate(
 
 
 def train(
-    config: TrainConfig, *, out: str | Path, overwrite: bool = False, resume: bool = False
+    config: TrainConfig,
+    *,
+    out: str | Path,
+    data: Dataset | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
 ) -> TrainResult:
     """Train on ``config.data``; write ``out/model.safetensors``, ``summary.json``, plots.
 
-    Every input check runs before anything is written. ``resume`` continues the run in
+    ``data``: the rows, already validated (``datafile.dataset_from_columns``: a data model's
+    samples, arrays from another program); default: read ``config.data.file``. Every input
+    check runs before anything is written. ``resume`` continues the run in
     ``out`` from its checkpoint (the config and data file must be unchanged); ``overwrite``
     replaces a run there. Raises TrainingInterrupted on SIGINT/SIGTERM (checkpoint saved).
     """
@@ -830,7 +837,7 @@ def train(
         raise ValueError("choose one of --overwrite (start afresh) and --resume (continue).")
     out = Path(out)
     device = resolve_device(config.fit.device)
-    data = load_data(config.data)
+    data = load_data(config.data) if data is None else data
     split = split_rows(data, config.data)
     problem = _problem(data, split, config.data, device)
     record = _run_record(config, data)
