@@ -22,6 +22,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt setup.py lse_material/_kernel
 	[ -x $(PY) ] || $$base -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e '.[fem,dev]'
+	@# io4dolfinx (checkpoints) declares fenics-dolfinx, which the DOLFINx wheel does not provide
+	$(PY) -m pip install -q --no-deps -c constraints.txt io4dolfinx fenicsx-compat
 	touch $@
 
 venv: $(VENV)/.installed

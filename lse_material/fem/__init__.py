@@ -21,6 +21,8 @@ plain ``import dolfinx`` works, and ``from lse_material.fem import dolfinx`` is 
   laws refreshed as in ``LawNewtonSolver``; ``trace`` returns an ``ArcLengthPath`` of
   ``ArcLengthPoint`` (load, measure, energy, smallest tangent eigenvalue) and its
   ``CriticalPoint`` list (limit points, bifurcations).
+- ``CheckpointWriter`` / ``read_checkpoint``, ``read_functions``, ``read_state_law``: checkpoint
+  and restart (mesh, Functions, quadrature state, step state) with io4dolfinx, on any ranks.
 """
 
 from lse_material.fem._dolfinx import dolfinx
@@ -29,6 +31,14 @@ from lse_material.fem.arclength import (
     ArcLengthPoint,
     ArcLengthSolver,
     CriticalPoint,
+)
+from lse_material.fem.checkpoint import (
+    Checkpoint,
+    CheckpointWriter,
+    read_checkpoint,
+    read_functions,
+    read_state_law,
+    write_checkpoint,
 )
 from lse_material.fem.newton import (
     CutSolve,
@@ -47,6 +57,8 @@ __all__ = [
     "ArcLengthPath",
     "ArcLengthPoint",
     "ArcLengthSolver",
+    "Checkpoint",
+    "CheckpointWriter",
     "CriticalPoint",
     "CutSolve",
     "Law",
@@ -59,5 +71,9 @@ __all__ = [
     "convergence_orders",
     "dolfinx",
     "inputs_to_tensor",
+    "read_checkpoint",
+    "read_functions",
+    "read_state_law",
     "solve_with_cuts",
+    "write_checkpoint",
 ]
