@@ -200,7 +200,8 @@ class ArcLengthSolver(LawNewtonSolver):
         snes.setFunction(function, b)
         snes.setNewtonALFunction(tangent_load)
         kind = PETSc.SNES.NewtonALCorrectionType
-        snes.setNewtonALCorrectionType(kind.EXACT if correction == "exact" else kind.NORMAL)
+        self._correction = kind.EXACT if correction == "exact" else kind.NORMAL
+        snes.setNewtonALCorrectionType(self._correction)
         snes.setConvergenceTest(self._convergence_test)
         self._work = b.duplicate()
         self._mass = self._mass_matrix(bcs)
@@ -281,10 +282,18 @@ class ArcLengthSolver(LawNewtonSolver):
         return result._replace(converged=True)
 
     def solve(self) -> NewtonResult:
-        """Newton at the fixed load Λ (λ clamped to 0): an equilibrium to start a path from."""
+        """Newton at the fixed load Λ (λ clamped to 0): an equilibrium to start a path from.
+
+        Uses the exact correction (the normal one divides by the step's own ΔX, 0 here).
+        """
         self._base, self._sign = self.load_value, 1
+        snes = self.problem.solver
         self._configure(1.0, 0.0, 0.0)
-        return self._run()
+        snes.setNewtonALCorrectionType(PETSc.SNES.NewtonALCorrectionType.EXACT)
+        try:
+            return self._run()
+        finally:
+            snes.setNewtonALCorrectionType(self._correction)
 
     def step(self, size: float, direction: int, *, end: float | None = None) -> NewtonResult:
         """One continuation step of arc length ``size`` (PETSc units) in ``direction`` (σ = ±1).
@@ -415,8 +424,9 @@ class ArcLengthSolver(LawNewtonSolver):
         predictor); it grows ×``grow`` up to ``max_step`` (default 4·step) after a step of at
         most ``easy_iterations`` Newton iterations that kept the number of negative
         eigenvalues, and is halved when Newton fails or when the number changes by more than
-        one in one step (it jumped over critical points, or to another branch), at most
-        ``max_cuts`` times in a row and not below ``min_step`` (default step/2**max_cuts).
+        one in one step (it jumped over critical points, or to another branch) or when its
+        chord ΔX points against the previous one (it doubled back), at most ``max_cuts``
+        times in a row and not below ``min_step`` (default step/2**max_cuts).
         Stops after ``max_steps`` steps or when Λ leaves ``bounds``. ``callback(point)`` runs
         after every converged point (e.g. to write fields). ``direction``: the first step's σ.
         Collective. A step that fails at the smallest size ends the path (``stopped`` says so).
@@ -432,50 +442,26 @@ class ArcLengthSolver(LawNewtonSolver):
         if callback is not None:
             callback(first)
         # the arc length of a ΔΛ = 1 predictor: PETSc's step sizes are in these units
-        scale = math.sqrt(tangent.norm() ** 2 + self.psisq)
-        size, sign, reached, stopped = step, direction, False, ""
-        x, previous_x = self.problem.x, self.problem.x.copy()
+        self._scale = math.sqrt(tangent.norm() ** 2 + self.psisq)
+        size, sign, chord, reached, stopped = step, direction, None, False, ""
         for _ in range(max_steps):
-            saved = self.u.x.array.copy()
             base = self.load_value
-            for cuts in range(max_cuts + 1):
-                result = self.step(size * scale, sign, end=end)
-                if result.converged:
-                    point, tangent = self.point(result.iterations, size, sign)
-                    jump = abs(point.negative_eigenvalues - points[-1].negative_eigenvalues)
-                    if jump <= 1:  # more: the step jumped over critical points or branches
-                        break
-                failures += 1
-                for law in self.laws:
-                    law.revert()
-                self.u.x.array[:] = saved
-                self.u.x.scatter_forward()
-                dolfinx.fem.petsc.assign(self.u, x)
-                self._apply(base)
-                size /= 2
-                if size < min_step or cuts == max_cuts:
-                    stopped = (
-                        f"the step from load {base:.6g} failed with the step cut to "
-                        f"{size * 2:.3g} (SNES reason {result.reason})"
-                    )
-                    break
-            if stopped:
+            taken = self._step_with_cuts(size, sign, end, points[-1], chord, max_cuts, min_step)
+            failures += taken.cuts
+            if taken.point is None:
+                stopped = f"the step from load {base:.6g} failed at the smallest size ({taken.why})"
                 break
             for law in self.laws:
                 law.commit()
+            point, size, chord = taken.point, taken.size, taken.chord
             points.append(point)
             if callback is not None:
                 callback(point)
             # σ of the next step: along the path (PETSc's predictor rule across increments)
-            delta_x = x.copy()
-            delta_x.axpy(-1.0, previous_x)
-            along = delta_x.dot(tangent) + self.psisq * (self.load_value - base)
+            along = chord.dot(taken.tangent) + self.psisq * (self.load_value - base)
             sign = 1 if along >= 0 else -1
-            previous_x = x.copy()
-            if (
-                result.iterations <= easy_iterations
-                and point.negative_eigenvalues == points[-2].negative_eigenvalues
-            ):
+            easy = point.iterations <= easy_iterations
+            if easy and point.negative_eigenvalues == points[-2].negative_eigenvalues:
                 size = min(size * grow, max_step)
             if abs(self.load_value - end) <= 1e-12 * max(1.0, abs(end)):
                 reached = True
@@ -486,31 +472,75 @@ class ArcLengthSolver(LawNewtonSolver):
             stopped = "max_steps or bounds reached"
         return ArcLengthPath(points, critical_points(points), failures, reached, stopped)
 
+    def _step_with_cuts(self, size, sign, end, last, chord, max_cuts, min_step) -> _Taken:
+        """One step, halved until it converges and passes the checks (see ``trace``)."""
+        x = self.problem.x
+        start, saved, base = x.copy(), self.u.x.array.copy(), self.load_value
+        why = ""
+        for cuts in range(max_cuts + 1):
+            result = self.step(size * self._scale, sign, end=end)
+            if result.converged:
+                point, tangent = self.point(result.iterations, size, sign)
+                new_chord = x.copy()
+                new_chord.axpy(-1.0, start)
+                if abs(point.negative_eigenvalues - last.negative_eigenvalues) > 1:
+                    why = "it jumped over critical points or branches"
+                elif chord is not None and new_chord.dot(chord) < 0:
+                    why = "it doubled back"
+                else:
+                    return _Taken(point, tangent, new_chord, size, cuts)
+            else:
+                why = f"SNES reason {result.reason}"
+            for law in self.laws:
+                law.revert()
+            self.u.x.array[:] = saved
+            self.u.x.scatter_forward()
+            dolfinx.fem.petsc.assign(self.u, x)
+            self._apply(base)
+            size /= 2
+            if size < min_step:
+                break
+        return _Taken(None, None, None, size, cuts + 1, why)
+
+
+class _Taken(NamedTuple):
+    """A step of ``trace``: the point (None: failed at the smallest size), the tangent and
+    the chord ΔX there, the size it converged with, the failed tries before, why the last
+    try failed."""
+
+    point: ArcLengthPoint | None
+    tangent: PETSc.Vec | None
+    chord: PETSc.Vec | None
+    size: float
+    cuts: int
+    why: str = ""
+
 
 def critical_points(points: Sequence[ArcLengthPoint]) -> list[CriticalPoint]:
-    """Sign changes of the smallest eigenvalue (changes of stable ↔ unstable) along a path.
+    """Where an eigenvalue of the tangent crosses zero: the negative count changes.
 
-    A change is a *limit point* when the load turns back at one of the two bracketing steps
-    (the direction σ changes there): located at the extremum of the load, the vertex of a
-    parabola through the extreme point and its two neighbours in the path's arc length
-    (the cumulative ``step``), with the measure interpolated there the same way. Otherwise
-    it is a *bifurcation*, located by linear interpolation in ``min_eigenvalue`` to ω = 0.
+    A change is a *limit point* when the load turns back within a step of it (the direction
+    σ changes among the points i-1 .. i+2): located at the extremum of the load, the vertex
+    of a parabola through the extreme point and its two neighbours in the path's arc length
+    (the cumulative ``step``), with the measure interpolated there the same way. Otherwise it
+    is a *bifurcation*, located by linear interpolation to ω = 0 where the smallest
+    eigenvalue changes sign, at the midpoint where it stays negative (a further eigenvalue
+    crossing on an unstable branch).
     """
     found = []
     s = np.cumsum([p.step for p in points])
     for i in range(1, len(points)):
         a, b = points[i - 1], points[i]
-        if (a.negative_eigenvalues == 0) == (b.negative_eigenvalues == 0):
+        if a.negative_eigenvalues == b.negative_eigenvalues:
             continue
-        turns = b.direction != a.direction or (
-            i + 1 < len(points) and points[i + 1].direction != b.direction
-        )
-        if turns:
+        near = {points[j].direction for j in range(i - 1, min(i + 3, len(points)))}
+        if len(near) > 1:  # the load turns back within a step of the change
             load, measure = _turning_point(points, s, i)
             found.append(CriticalPoint("limit", i, load, measure))
             continue
         span = a.min_eigenvalue - b.min_eigenvalue
-        t = min(max(a.min_eigenvalue / span, 0.0), 1.0) if span else 0.5
+        crosses = a.min_eigenvalue * b.min_eigenvalue < 0
+        t = min(max(a.min_eigenvalue / span, 0.0), 1.0) if crosses and span else 0.5
         found.append(
             CriticalPoint(
                 "bifurcation",

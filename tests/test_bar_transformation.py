@@ -1,0 +1,86 @@
+"""The bar-transformation case: the path through its limit points, its schema, serial = 2 ranks."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from lse_material.fem_cases.bar_transformation import curve_distance, simulate_bar_transformation
+
+pytestmark = pytest.mark.fem
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"mesh": 12, "max_steps": 14}
+LISTS = ("displacement", "force", "lambda", "energy", "min_eigenvalue", "negative_eigenvalues")
+
+
+@pytest.fixture(scope="module")
+def serial(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bar")
+    return simulate_bar_transformation(out=out, analytic=True, **TINY)
+
+
+def test_analytic_bar_writes_the_path_through_a_limit_point(serial):
+    summary, out = serial
+    n = len(summary["displacement"])
+    assert n == TINY["max_steps"] + 1 and all(len(summary[k]) == n for k in LISTS)
+    assert summary["limit_points"], "no limit point found"
+    assert {"displacement", "force"} <= summary["limit_points"][0].keys()
+    force, negative = np.array(summary["force"]), np.array(summary["negative_eigenvalues"])
+    first = summary["limit_points"][0]["index"]
+    # stable up to the first critical point, past it the path went on through unstable states
+    assert (negative[:first] == 0).all() and negative[first:].max() >= 1
+    assert force[first:].min() < 0.8 * summary["peak_force"]  # down the descending branch
+    for name in ("summary.json", "force_displacement.png", "phase.bp"):
+        assert (out / name).exists(), name
+
+
+def test_force_is_the_energy_slope_on_the_stable_branch(serial):
+    """dΠ/dU = F under displacement control (U = u_x(L)): trapezoids between stable points."""
+    summary, _ = serial
+    u, f, e = (np.array(summary[k]) for k in ("displacement", "force", "energy"))
+    stable = np.array(summary["negative_eigenvalues"]) == 0
+    first = summary["limit_points"][0]["index"]
+    for i in range(first - 1):
+        if stable[i] and stable[i + 1]:
+            predicted = 0.5 * (f[i] + f[i + 1]) * (u[i + 1] - u[i])
+            assert abs(e[i + 1] - e[i] - predicted) <= 0.02 * abs(predicted) + 1e-12
+
+
+@pytest.mark.mpi
+def test_two_ranks_trace_the_serial_path(serial, tmp_path):
+    cmd = [
+        str(Path(sys.executable).parent / "mpirun"),
+        "-n",
+        "2",
+        str(Path(sys.executable).parent / "lse-material"),
+        "simulate",
+        "bar-transformation",
+        "--analytic",
+        "--out",
+        str(tmp_path),
+        "--mesh",
+        str(TINY["mesh"]),
+        "--max-steps",
+        str(TINY["max_steps"]),
+    ]
+    subprocess.run(cmd, check=True, cwd=ROOT, timeout=300)
+    parallel = json.loads((tmp_path / "summary.json").read_text())
+    summary = serial.summary
+    assert parallel["ranks"] == 2
+    first = summary["limit_points"][0]["index"]  # identical up to round-off until the limit
+    for key in ("displacement", "force", "energy"):
+        assert np.allclose(parallel[key][: first + 1], summary[key][: first + 1], rtol=1e-6)
+    assert (
+        parallel["negative_eigenvalues"][: first + 1]
+        == summary["negative_eigenvalues"][: first + 1]
+    )
+    assert curve_distance(summary, summary)["curve_distance"] == 0.0
+
+
+def test_bad_options_raise(tmp_path):
+    with pytest.raises(ValueError, match="--model"):
+        simulate_bar_transformation(out=tmp_path)
+    with pytest.raises(ValueError, match="start < end"):
+        simulate_bar_transformation(out=tmp_path, analytic=True, start=0.1, end=0.0)
