@@ -62,6 +62,13 @@ from lse_material.fem import (
     dolfinx,
     solve_with_cuts,
 )
+from lse_material.fem.checkpoint import (
+    CheckpointWriter,
+    read_checkpoint,
+    read_functions,
+    read_state_law,
+    run_header,
+)
 from lse_material.hidden_state import STRAIN_NAMES
 from lse_material.jsonio import write_json
 from lse_material.plotting import save_figure, subplots
@@ -156,6 +163,8 @@ def simulate_metamaterial(
     max_cuts: int = 6,
     write_every: int = 2,
     compare: str | Path | None = None,
+    checkpoint_every: int = 0,
+    restart: str | Path | None = None,
 ) -> MetamaterialBarResult:
     """Run the bar; write VTX fields, the force–displacement plot and ``out/summary.json``.
 
@@ -190,6 +199,12 @@ def simulate_metamaterial(
         write the VTX fields every this many steps.
     compare
         the folder of another run (same options, the other law) to compare forces with.
+    checkpoint_every
+        write a checkpoint (out/checkpoint: mesh, u, the law's state at the quadrature points,
+        step state) every this many load steps and at the end; 0: none.
+    restart
+        the output folder of an interrupted run with checkpoints: continue from its latest
+        checkpoint (same options and model file; any number of ranks) to the schedule's end.
     """
     comm = MPI.COMM_WORLD
     if dim not in (2, 3):
@@ -202,17 +217,40 @@ def simulate_metamaterial(
     if not 0 <= imperfection < 1 or viscosity < 0 or not amplitudes:
         raise ValueError("need 0 <= imperfection < 1, viscosity >= 0 and at least one amplitude.")
     chosen = _load_law(model, reference)
+    header = run_header(
+        "metamaterial",
+        None if reference else model,
+        dim=dim,
+        length=length,
+        height=height,
+        nx=nx,
+        ny=ny,
+        amplitudes=list(amplitudes),
+        steps_per_cycle=steps_per_cycle,
+        imperfection=imperfection,
+        viscosity=viscosity,
+        max_cuts=max_cuts,
+    )
+    resume = None if restart is None else read_checkpoint(restart, **header)
     out = Path(out)
     if comm.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     bar = _bar(comm, dim, (length, height), (nx, ny), chosen, imperfection, viscosity)
     schedule = _schedule(amplitudes, steps_per_cycle)
+    checkpoints = CheckpointWriter(
+        out, bar.domain, {"u": bar.u}, every=checkpoint_every, state_law=bar.law, header=header
+    )
+    if resume is not None:
+        read_functions(resume, bar.domain, {"u": bar.u})
+        read_state_law(resume, bar.law)
+        bar.u_n.x.array[:] = bar.u.x.array
     loop_start = time.perf_counter()
     history, failures, cuts_used = _march(
-        bar, schedule, chosen, viscosity, max_cuts, out, write_every
+        bar, schedule, chosen, viscosity, max_cuts, out, write_every, checkpoints, resume
     )
     loop_seconds = time.perf_counter() - loop_start
+    steps_run = schedule.size - 1 - (0 if resume is None else resume.state["step"])
 
     V = bar.u.function_space
     summary = dict(history)
@@ -228,6 +266,7 @@ def simulate_metamaterial(
         max_cuts_used=cuts_used,
         seconds=time.perf_counter() - t_start,
         loop_seconds=loop_seconds,
+        seconds_per_step=(loop_seconds - checkpoints.seconds) / max(steps_run, 1),
         parameters={
             "length": length,
             "height": height,
@@ -241,6 +280,10 @@ def simulate_metamaterial(
             "uniaxial_modulus": chosen.modulus,
         },
     )
+    summary["restarted_from"] = (
+        None if resume is None else {"run": str(restart), "step": resume.state["step"]}
+    )
+    summary.update(checkpoints.summary(summary["seconds_per_step"]))
     other = None
     if compare is not None:
         other = json.loads((Path(compare) / "summary.json").read_text())
@@ -251,11 +294,22 @@ def simulate_metamaterial(
     return MetamaterialBarResult(summary, out)
 
 
-def _march(bar, schedule, chosen: _Law, viscosity, max_cuts, out: Path, write_every: int):
+def _march(
+    bar,
+    schedule,
+    chosen: _Law,
+    viscosity,
+    max_cuts,
+    out: Path,
+    write_every: int,
+    checkpoints,
+    resume,
+):
     """All load steps, with fields written and one progress line per step (rank 0).
 
-    Returns (history of displacement, force, fraction, fronts, Newton iterations; failed
-    solves; the deepest cut).
+    From the start, or after the checkpoint ``resume`` (its history and counters); writes
+    ``checkpoints`` after steps. Returns (history of displacement, force, fraction, fronts,
+    Newton iterations; failed solves; the deepest cut).
     """
     comm = bar.domain.comm
     writer, indicator_cells = _writer(bar.domain, bar.u, out, comm)
@@ -267,11 +321,19 @@ def _march(bar, schedule, chosen: _Law, viscosity, max_cuts, out: Path, write_ev
         for key, value in zip(history, values, strict=True):
             history[key].append(value)
 
-    bar.law.update()
-    record(0.0, 0)
-    _write(writer, bar.law, indicator_cells, 0.0)
-    failures, cuts_used = 0, 0
-    for step in range(1, schedule.size):
+    failures, cuts_used, first = 0, 0, 1
+    if resume is not None:
+        history, first = resume.state["history"], resume.state["step"] + 1
+        failures, cuts_used = resume.state["failed_steps"], resume.state["max_cuts_used"]
+
+    def state() -> dict:
+        return {"failed_steps": failures, "max_cuts_used": cuts_used, "history": history}
+
+    bar.law.update()  # a trial from the committed state: the indicator of the first write
+    if resume is None:
+        record(0.0, 0)
+    _write(writer, bar.law, indicator_cells, float(first - 1))
+    for step in range(first, schedule.size):
         iterations, cuts, used = _load_step(bar, schedule, step, chosen, viscosity, max_cuts)
         failures += cuts
         cuts_used = max(cuts_used, used)
@@ -284,6 +346,8 @@ def _march(bar, schedule, chosen: _Law, viscosity, max_cuts, out: Path, write_ev
             )
         if step % write_every == 0 or step == schedule.size - 1:
             _write(writer, bar.law, indicator_cells, float(step))
+        checkpoints(step, state())
+    checkpoints(schedule.size - 1, state(), last=True)
     writer.close()
     return history, failures, cuts_used
 

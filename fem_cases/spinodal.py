@@ -42,6 +42,12 @@ from lse_material.training.data import mechanochemical as mc
 from mpi4py import MPI
 
 from lse_material.fem import LawNewtonSolver, QuadratureLaw, dolfinx, solve_with_cuts
+from lse_material.fem.checkpoint import (
+    CheckpointWriter,
+    read_checkpoint,
+    read_functions,
+    run_header,
+)
 from lse_material.jsonio import write_json
 from lse_material.plotting import save_figure, subplots
 
@@ -83,6 +89,8 @@ def simulate_spinodal(
     dt_max: float = 0.05,
     max_steps: int = 400,
     write_every: int = 5,
+    checkpoint_every: int = 0,
+    restart: str | Path | None = None,
 ) -> SpinodalResult:
     """Run the case; write VTX fields, PNG plots and ``out/summary.json``. Works under mpirun.
 
@@ -110,6 +118,12 @@ def simulate_spinodal(
         stop after this many steps even before ``t_end``.
     write_every
         write the VTX fields every this many steps.
+    checkpoint_every
+        write a checkpoint (out/checkpoint: mesh, fields, step state) every this many steps and
+        at the end; 0: none.
+    restart
+        the output folder of an interrupted run with checkpoints: continue from its latest
+        checkpoint (same options and model file; any number of ranks) to t_end.
     """
     comm = MPI.COMM_WORLD
     if dim not in (2, 3):
@@ -126,14 +140,34 @@ def simulate_spinodal(
         import lse_material
 
         potential = lse_material.load(model)  # before any output exists: a bad file leaves none
+    header = run_header(
+        "spinodal",
+        None if analytic else model,
+        analytic=analytic,
+        dim=dim,
+        mesh=mesh,
+        seed=seed,
+        dt=dt,
+        dt_max=dt_max,
+        t_end=t_end,
+    )
+    resume = None if restart is None else read_checkpoint(restart, **header)
     out = Path(out)
     if comm.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
     p = _problem(comm, dim, mesh, dt, potential)
-    p.w.sub(1).interpolate(_initial_concentration(dim, seed))
-    p.w.x.scatter_forward()
+    if resume is None:
+        p.w.sub(1).interpolate(_initial_concentration(dim, seed))
+        p.w.x.scatter_forward()
+    else:
+        read_functions(resume, p.domain, {"w": p.w})
+        p.dt.value = resume.state["dt"]
     p.w_n.x.array[:] = p.w.x.array
-    history, step, failures, loop_seconds = _march(p, out, t_end, dt_max, max_steps, write_every)
+    checkpoints = CheckpointWriter(out, p.domain, {"w": p.w}, every=checkpoint_every, header=header)
+    history, step, failures, loop_seconds = _march(
+        p, out, t_end, dt_max, max_steps, write_every, checkpoints, resume
+    )
+    steps_run = step - (0 if resume is None else resume.state["step"])
     peak_mb = comm.allreduce(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, op=MPI.MAX)
 
     W = p.w.function_space
@@ -144,7 +178,7 @@ def simulate_spinodal(
         seconds=time.perf_counter() - t_start,
         steps=step,
         loop_seconds=loop_seconds,
-        seconds_per_step=loop_seconds / max(step, 1),
+        seconds_per_step=(loop_seconds - checkpoints.seconds) / max(steps_run, 1),
         peak_memory_mb_per_rank=peak_mb,
         failed_steps=failures,
         dim=dim,
@@ -153,7 +187,11 @@ def simulate_spinodal(
         model=None if model is None else str(model),
         seed=seed,
         parameters={"kappa": KAPPA, "mobility": MOBILITY, "viscosity": VISCOSITY},
+        restarted_from=None
+        if resume is None
+        else {"run": str(restart), "step": resume.state["step"]},
     )
+    summary.update(checkpoints.summary(summary["seconds_per_step"]))
     if comm.rank == 0:
         write_json(out / "summary.json", summary)
         _plots(out, summary)
@@ -161,15 +199,29 @@ def simulate_spinodal(
     return SpinodalResult(summary, out)
 
 
-def _march(p: SimpleNamespace, out: Path, t_end, dt_max, max_steps: int, write_every: int):
+def _march(
+    p: SimpleNamespace,
+    out: Path,
+    t_end,
+    dt_max,
+    max_steps: int,
+    write_every: int,
+    checkpoints,
+    resume,
+):
     """Backward-Euler steps to ``t_end`` with adaptive Δt, fields written, one line per step.
 
-    Returns (history, steps, failed solves, loop seconds).
+    From t = 0, or from the checkpoint ``resume`` (its history, t and counters); writes
+    ``checkpoints`` after steps. Returns (history, steps, failed solves, loop seconds).
     """
     comm = p.domain.comm
     history = {
         k: [] for k in ("time", "energy", "mass", "phase_fraction", "newton_iterations", "dt")
     }
+    t, step, failures = 0.0, 0, 0
+    if resume is not None:
+        history = resume.state["history"]
+        t, step, failures = resume.state["t"], resume.state["step"], resume.state["failed_steps"]
 
     def record(t, iterations):
         e, m, pf = _measure(p, refresh_law=iterations == 0)
@@ -178,10 +230,14 @@ def _march(p: SimpleNamespace, out: Path, t_end, dt_max, max_steps: int, write_e
         return e
 
     writers, fields = _writers(p.domain, p.law, out, comm)
-    record(0.0, 0)
+    if resume is None:
+        record(0.0, 0)
     loop_start = time.perf_counter()
-    _write(writers, fields, p.w, p.law, 0.0)
-    t, step, failures = 0.0, 0, 0
+    _write(writers, fields, p.w, p.law, t)
+
+    def state() -> dict:
+        return {"t": t, "dt": float(p.dt.value), "failed_steps": failures, "history": history}
+
     max_cuts = int(np.floor(np.log2(dt_max / MIN_DT)))
 
     def prepare(size: float) -> None:
@@ -205,6 +261,8 @@ def _march(p: SimpleNamespace, out: Path, t_end, dt_max, max_steps: int, write_e
             _write(writers, fields, p.w, p.law, t)
         if cut.result.iterations <= 4:
             p.dt.value = min(cut.size * 1.5, dt_max)
+        checkpoints(step, state())
+    checkpoints(step, state(), last=True)
     loop_seconds = time.perf_counter() - loop_start
     _write(writers, fields, p.w, p.law, t)
     for writer in writers:
