@@ -61,6 +61,7 @@ def solve_block(
     on_outside: str = "ignore",
     device: str = "cpu",
     petsc_options: dict | None = None,
+    energy_objective: bool = False,
 ) -> BlockResult:
     """Solve the block with ``potential`` at quadrature points, or with pure UFL if None.
 
@@ -68,6 +69,7 @@ def solve_block(
     ``quadrature_degree``; one Newton solve from the homogeneous stretch ``u = (stretch·x, 0…)``.
     ``potential`` must take the mechanochemical inputs (``mechanochemical.ufl_inputs``); its
     input c is marked fixed (the prescribed field), so the law differentiates the strains only.
+    ``energy_objective``: the line search works on the energy ∫ψ dx (``LawNewtonSolver(energy=)``).
     """
     if dim not in (2, 3):
         raise ValueError(f"dim must be 2 or 3, got {dim}.")
@@ -115,6 +117,7 @@ def solve_block(
         u,
         laws,
         bcs=bcs,
+        energy=density * dx if energy_objective else None,
         petsc_options=petsc_options,
         prefix=f"block{dim}_{'law' if laws else 'ufl'}_",
     )

@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 from mpi4py import MPI
+from petsc4py import PETSc  # lse_material.fem imports dolfinx_solver first
 
 from lse_material.fem._dolfinx import dolfinx
 from lse_material.fem.protocol import check_laws
@@ -70,6 +71,10 @@ class LawNewtonSolver:
             Function(s); laws: laws (``lse_material.fem.protocol.Law``: QuadratureLaw,
             QuadratureStateLaw) whose inputs depend on u.
         J: Jacobian form (default ``derivative(F, u)``); bcs: Dirichlet conditions.
+        energy: the total energy (a UFL scalar form whose derivative is F), or None. Given,
+            it is SNES's objective (``setObjective``, evaluated with the laws refreshed at the
+            trial point), so the backtracking line search decreases the energy instead of
+            ‖F‖: it cannot climb out of a well. Only for F that is an energy's gradient.
         petsc_options: SNES/KSP options, merged over ``DEFAULT_OPTIONS`` (Newton with
             backtracking line search, direct LU with MUMPS); with another ``snes_type`` the
             default line search is left out (PETSc would warn that it is unused).
@@ -104,6 +109,7 @@ class LawNewtonSolver:
         *,
         J=None,
         bcs=(),
+        energy=None,
         petsc_options: dict | None = None,
         prefix: str = "lse_newton_",
         **problem_options,
@@ -144,6 +150,17 @@ class LawNewtonSolver:
         self._error: BaseException | None = None
         self.residual_norms: list[float] = []
         snes.setMonitor(lambda _snes, _it, norm: self.residual_norms.append(float(norm)))
+        if energy is not None:
+            energy_form = dolfinx.fem.form(energy)
+
+            def objective(_snes, x):
+                self._refresh(x)
+                x.ghostUpdate(addv=PETSc.InsertMode.INSERT, mode=PETSc.ScatterMode.FORWARD)
+                dolfinx.fem.petsc.assign(x, self.u)
+                local = dolfinx.fem.assemble_scalar(energy_form)
+                return self.comm.allreduce(local, op=MPI.SUM)
+
+            snes.setObjective(objective)
 
     @property
     def comm(self):
