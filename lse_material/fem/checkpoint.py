@@ -5,7 +5,8 @@ Functions included) in the mesh's *input order* (``write_mesh_input_order``,
 ``write_function_on_input_mesh``). A restart rebuilds the mesh with the case's own constructor,
 on any number of ranks, and ``read_function`` maps the values through the original cell
 indices; on the same number of ranks the rebuilt mesh is the same partition, so a restarted run
-continues bit for bit. A checkpoint folder (``RUN/checkpoint/``) holds
+repeats the uninterrupted computation (bit for bit serially; on several ranks as closely as two
+identical runs agree, which is to roundoff). A checkpoint folder (``RUN/checkpoint/``) holds
 
 - ``step-<n>.h5``: the mesh and the Functions (io4dolfinx's h5py layout; written through
   ``lse_material.fem._io4dolfinx_root``, see there why [ours]);
