@@ -64,8 +64,8 @@ def _gather(comm: MPI.Comm, local: np.ndarray, start: int, total: int) -> np.nda
     return out
 
 
-def _on_root(comm: MPI.Comm, write: Callable[[], None], filename) -> None:
-    """Run ``write`` on rank 0; collective: every rank raises if it failed."""
+def run_on_root(comm: MPI.Comm, write: Callable[[], None], filename) -> None:
+    """Run ``write`` on rank 0; collective: every rank raises (RuntimeError) if it failed."""
     error = None
     if comm.rank == 0:
         try:
@@ -98,7 +98,7 @@ def write_mesh(
         local_topology_pos=(0, mesh.num_cells_global),
         store_partition=False,  # a partition is of no use on another number of ranks
     )
-    _on_root(
+    run_on_root(
         comm,
         lambda: h5.write_mesh(filename, MPI.COMM_SELF, whole, backend_args, mode, time),
         filename,
@@ -126,7 +126,7 @@ def write_function(
         values=_gather(comm, u.values, u.dof_range[0], u.num_dofs_global),
         dof_range=(0, u.num_dofs_global),
     )
-    _on_root(
+    run_on_root(
         comm,
         lambda: h5.write_function(filename, MPI.COMM_SELF, whole, time, mode, backend_args),
         filename,

@@ -28,6 +28,7 @@ leaves ``state.json`` naming a complete file.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import time
@@ -74,8 +75,11 @@ class Checkpoint(NamedTuple):
 
 
 def _io4dolfinx():
+    """io4dolfinx, with this package's backend imported (ImportError with the install hint)."""
     try:
         import io4dolfinx
+
+        importlib.import_module(BACKEND)
     except ImportError as error:
         raise ImportError(INSTALL_HINT) from error
     return io4dolfinx
@@ -95,18 +99,18 @@ def write_checkpoint(
     one is complete.
     """
     io4dolfinx = _io4dolfinx()
+    from lse_material.fem._io4dolfinx_root import run_on_root
+
     comm = mesh.comm
     folder = Path(folder)
     data = folder / f"step-{step:08d}.h5"
-    if comm.rank == 0:
+    record = {"format": FORMAT, "data": data.name, "functions": list(functions), **state}
+
+    def prepare() -> None:
         folder.mkdir(parents=True, exist_ok=True)
         data.unlink(missing_ok=True)  # a file left by a write that was killed
-    comm.barrier()
-    io4dolfinx.write_mesh_input_order(data, mesh, backend=BACKEND)
-    for name, function in functions.items():
-        io4dolfinx.write_function_on_input_mesh(data, function, name=name, backend=BACKEND)
-    record = {"format": FORMAT, "data": data.name, "functions": list(functions), **state}
-    if comm.rank == 0:
+
+    def publish() -> None:
         fd = os.open(data, os.O_RDONLY)
         try:
             os.fsync(fd)  # the data is on disk before state.json names it
@@ -116,7 +120,12 @@ def write_checkpoint(
         for old in folder.glob("step-*.h5"):
             if old != data:
                 old.unlink()
-    comm.barrier()
+
+    run_on_root(comm, prepare, data)
+    io4dolfinx.write_mesh_input_order(data, mesh, backend=BACKEND)
+    for name, function in functions.items():
+        io4dolfinx.write_function_on_input_mesh(data, function, name=name, backend=BACKEND)
+    run_on_root(comm, publish, data)
     return Checkpoint(folder, data, record)
 
 
@@ -144,6 +153,8 @@ class CheckpointWriter:
             raise ValueError(
                 f"checkpoint_every must be a whole number of steps >= 0 (0: none), got {every!r}."
             )
+        if every:
+            _io4dolfinx()  # fail before the run, not at its first checkpoint (nor time the import)
         self.folder = Path(out) / CHECKPOINT_FOLDER
         self.mesh, self.every, self.state_law = mesh, every, state_law
         self.functions, self.header = dict(functions), dict(header or {})
@@ -202,6 +213,7 @@ def read_checkpoint(
     case's options that fix the problem: compared as JSON) or model hash (None: no model file,
     e.g. an analytic law) are not this run's.
     """
+    _io4dolfinx()  # before any output exists
     folder = Path(run) / CHECKPOINT_FOLDER
     path = folder / STATE_FILE
     if not path.is_file():
@@ -209,7 +221,10 @@ def read_checkpoint(
             f"restart {run}: no checkpoint ({path} is missing); give the output folder of a run "
             "that had checkpoint_every > 0 (--checkpoint-every N)."
         )
-    state = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error}); the checkpoint is damaged.") from error
     if state.get("format") != FORMAT:
         raise ValueError(f"{path}: not a checkpoint of this version ({FORMAT!r}).")
     ours = json.loads(json.dumps(dict(options)))  # tuples -> lists, as stored
@@ -257,8 +272,14 @@ def _check_mesh(data: Path, mesh: dolfinx.mesh.Mesh) -> None:
     """Collective: the stored mesh (input order) has ``mesh``'s cells and owned nodes."""
     from lse_material.fem._io4dolfinx_root import read_whole_mesh
 
-    stored = read_whole_mesh(data)
     comm, gdim = mesh.comm, mesh.geometry.dim
+    try:
+        stored, problem = read_whole_mesh(data), None
+    except (OSError, KeyError, RuntimeError) as error:  # raised on every rank below
+        stored, problem = None, f"{type(error).__name__}: {error}"
+    problems = [p for p in comm.allgather(problem) if p]
+    if problems:
+        raise ValueError(f"{data}: cannot read the stored mesh ({problems[0]}).")
     nodes = mesh.geometry.index_map()
     n_cells = mesh.topology.index_map(mesh.topology.dim).size_global
     same = stored.x.shape == (nodes.size_global, gdim) and stored.cells.shape[0] == n_cells
