@@ -22,7 +22,8 @@ Choices [ours], documented:
   (mesh-dependent snap-back; compare meshes with ``mesh``). The same mesh, imperfection and
   settings serve the learned law and the analytic ψ (``--analytic``, pure UFL).
 - Arc-length continuation (``lse_material.fem.ArcLengthSolver``: PETSc SNESNEWTONAL, exact
-  correction, cylindrical constraint ψ² = 0), the first step ΔΛ = ``step``, up to 4·step.
+  correction, cylindrical constraint ψ² = 0), the first step ΔΛ = ``step``, at most
+  ``max_step`` (the default: no growth).
 
 Outputs in ``out``: ``summary.json`` (the path as equal-length lists ``displacement``
 (u_x(L)), ``force`` (the reaction on x = L per unit thickness), ``lambda``, ``energy`` (∫ψ
@@ -76,6 +77,7 @@ def simulate_bar_transformation(
     start: float = -0.09,
     end: float = 0.06,
     step: float = 0.005,
+    max_step: float = 0.005,
     max_steps: int = 300,
     reference: str | Path | None = None,
 ) -> BarResult:
@@ -105,6 +107,9 @@ def simulate_bar_transformation(
         the nominal strain where the path ends.
     step
         the first continuation step, in units of Λ.
+    max_step
+        the largest step (the step grows after easy steps up to it; larger steps let the
+        path jump between the many branches of the transformation).
     max_steps
         stop after this many continuation steps.
     reference
@@ -153,7 +158,9 @@ def simulate_bar_transformation(
             )
 
     points: list = []
-    path = p.solver.trace(end=end, step=step, max_steps=max_steps, callback=record)
+    path = p.solver.trace(
+        end=end, step=step, max_step=max_step, max_steps=max_steps, callback=record
+    )
     writer.close()
     summary = _summary(path, p, mesh, aspect, imperfection, analytic, model)
     summary["seconds"] = time.perf_counter() - t0
@@ -300,6 +307,7 @@ def _summary(path, p, mesh, aspect, imperfection, analytic, model) -> dict:
         for c in path.critical_points
     ]
     first = next((c.index for c in path.critical_points if c.kind == "limit"), None)
+    cuts = path.column("cuts")
     return {
         "displacement": [v * p.length for v in lam],
         "force": force,
@@ -308,11 +316,13 @@ def _summary(path, p, mesh, aspect, imperfection, analytic, model) -> dict:
         "min_eigenvalue": path.column("min_eigenvalue"),
         "negative_eigenvalues": path.column("negative_eigenvalues"),
         "iterations": path.column("iterations"),
+        "cuts": cuts,
         "limit_points": limits,
         "peak_force": max(force),
         "failed_steps": path.failed_steps,
         "steps": len(lam) - 1,
         "steps_to_first_limit": first,
+        "failed_steps_to_first_limit": None if first is None else sum(cuts[: first + 1]),
         "reached_end": path.reached_end,
         "stopped": path.stopped,
         "mesh": mesh,

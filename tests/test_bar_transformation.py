@@ -11,7 +11,7 @@ from lse_material.fem_cases.bar_transformation import curve_distance, simulate_b
 
 pytestmark = pytest.mark.fem
 ROOT = Path(__file__).resolve().parents[1]
-TINY = {"mesh": 12, "max_steps": 14}
+TINY = {"mesh": 12, "max_steps": 24}
 LISTS = ("displacement", "force", "lambda", "energy", "min_eigenvalue", "negative_eigenvalues")
 
 

@@ -72,7 +72,8 @@ class ArcLengthPoint(NamedTuple):
     load: Λ; measure: the solver's ``measure()`` (e.g. a reaction force; NaN without one);
     energy: the ``energy`` form (NaN without one); min_eigenvalue, negative_eigenvalues: see
     ``Stability``; iterations: Newton iterations of the step (0 for the start); step: the arc
-    length it converged with (units of the first predictor); direction: σ of the step.
+    length it converged with (units of the first predictor); direction: σ of the step; cuts:
+    the failed tries (cut and retried) before it.
     """
 
     load: float
@@ -83,6 +84,7 @@ class ArcLengthPoint(NamedTuple):
     iterations: int
     step: float
     direction: int
+    cuts: int = 0
 
 
 class CriticalPoint(NamedTuple):
@@ -453,7 +455,7 @@ class ArcLengthSolver(LawNewtonSolver):
                 break
             for law in self.laws:
                 law.commit()
-            point, size, chord = taken.point, taken.size, taken.chord
+            point, size, chord = taken.point._replace(cuts=taken.cuts), taken.size, taken.chord
             points.append(point)
             if callback is not None:
                 callback(point)
@@ -522,7 +524,7 @@ def critical_points(points: Sequence[ArcLengthPoint]) -> list[CriticalPoint]:
     A change is a *limit point* when the load turns back within a step of it (the direction
     σ changes among the points i-1 .. i+2): located at the extremum of the load, the vertex
     of a parabola through the extreme point and its two neighbours in the path's arc length
-    (the cumulative ``step``), with the measure interpolated there the same way. Otherwise it
+    (the cumulative ``step``), with the measure interpolated linearly there. Otherwise it
     is a *bifurcation*, located by linear interpolation to ω = 0 where the smallest
     eigenvalue changes sign, at the midpoint where it stays negative (a further eigenvalue
     crossing on an unstable branch).
@@ -567,4 +569,4 @@ def _turning_point(points: Sequence[ArcLengthPoint], s: np.ndarray, i: int) -> t
     if not s[near[0]] <= vertex <= s[near[-1]]:
         vertex = s[k]
     value = float(np.polyval(c, vertex))
-    return value, float(np.polyval(np.polyfit(s[near], measure, 2), vertex))
+    return value, float(np.interp(vertex, s[near], measure))  # no parabola overshoot
