@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Literal, NamedTuple
@@ -68,6 +69,13 @@ from lse_material.fem.checkpoint import (
     read_functions,
     read_state_law,
     run_header,
+)
+from lse_material.fem.solvers import (
+    SolverName,
+    krylov_per_newton,
+    parse_petsc_options,
+    peak_memory_gb,
+    solver_preset,
 )
 from lse_material.hidden_state import STRAIN_NAMES
 from lse_material.jsonio import write_json
@@ -163,6 +171,8 @@ def simulate_metamaterial(
     max_cuts: int = 6,
     write_every: int = 2,
     compare: str | Path | None = None,
+    solver: SolverName = "direct",
+    petsc: Sequence[str] = (),
     checkpoint_every: int = 0,
     restart: str | Path | None = None,
 ) -> MetamaterialBarResult:
@@ -199,6 +209,12 @@ def simulate_metamaterial(
         write the VTX fields every this many steps.
     compare
         the folder of another run (same options, the other law) to compare forces with.
+    solver
+        linear-solver preset: direct (MUMPS) or iterative (GMRES with GAMG and the rigid-body
+        near-nullspace; lse_material.fem.solvers).
+    petsc
+        a PETSc option over the preset's, KEY=VALUE without prefix (e.g. ksp_rtol=1e-6);
+        repeat for several.
     checkpoint_every
         write a checkpoint (out/checkpoint: mesh, u, the law's state at the quadrature points,
         step state) every this many load steps and at the end; 0: none.
@@ -216,6 +232,7 @@ def simulate_metamaterial(
         )
     if not 0 <= imperfection < 1 or viscosity < 0 or not amplitudes:
         raise ValueError("need 0 <= imperfection < 1, viscosity >= 0 and at least one amplitude.")
+    user_options = parse_petsc_options(petsc)
     chosen = _load_law(model, reference)
     header = run_header(
         "metamaterial",
@@ -237,6 +254,7 @@ def simulate_metamaterial(
         out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     bar = _bar(comm, dim, (length, height), (nx, ny), chosen, imperfection, viscosity)
+    bar.solver = _solver(bar, solver, user_options)
     schedule = _schedule(amplitudes, steps_per_cycle)
     checkpoints = CheckpointWriter(
         out, bar.domain, {"u": bar.u}, every=checkpoint_every, state_law=bar.law, header=header
@@ -267,6 +285,10 @@ def simulate_metamaterial(
         seconds=time.perf_counter() - t_start,
         loop_seconds=loop_seconds,
         seconds_per_step=(loop_seconds - checkpoints.seconds) / max(steps_run, 1),
+        peak_memory_gb=peak_memory_gb(comm),
+        solver=solver,
+        petsc_options=bar.solver.petsc_options,
+        krylov_per_newton=krylov_per_newton(history),
         parameters={
             "length": length,
             "height": height,
@@ -314,10 +336,10 @@ def _march(
     comm = bar.domain.comm
     writer, indicator_cells = _writer(bar.domain, bar.u, out, comm)
     keys = ("displacement", "force", "transformed_fraction", "front_left", "front_right")
-    history = {k: [] for k in (*keys, "newton_iterations")}
+    history = {k: [] for k in (*keys, "newton_iterations", "krylov_iterations")}
 
-    def record(displacement, iterations):
-        values = (displacement, *_measure(bar), iterations)
+    def record(displacement, iterations, krylov=0):
+        values = (displacement, *_measure(bar), iterations, krylov)
         for key, value in zip(history, values, strict=True):
             history[key].append(value)
 
@@ -334,10 +356,12 @@ def _march(
         record(0.0, 0)
     _write(writer, bar.law, indicator_cells, float(first - 1))
     for step in range(first, schedule.size):
-        iterations, cuts, used = _load_step(bar, schedule, step, chosen, viscosity, max_cuts)
+        iterations, cuts, used, krylov = _load_step(
+            bar, schedule, step, chosen, viscosity, max_cuts
+        )
         failures += cuts
         cuts_used = max(cuts_used, used)
-        record(float(schedule[step] * bar.length), iterations)
+        record(float(schedule[step] * bar.length), iterations, krylov)
         if comm.rank == 0:
             print(
                 f"step {step:4d}  t = {step}  dε = {schedule[step] - schedule[step - 1]:+.4g}  "
@@ -396,19 +420,6 @@ def _bar(comm, dim, size, cells, chosen: _Law, imperfection, viscosity) -> Simpl
         )
         dofs = dolfinx.fem.locate_dofs_topological(V.sub(axis), fdim, lateral)
         bcs.append(dolfinx.fem.dirichletbc(0.0, dofs, V.sub(axis)))
-    solver = LawNewtonSolver(
-        F,
-        u,
-        [law],
-        bcs=bcs,
-        prefix=f"metamaterial_{id(u)}_",
-        petsc_options={
-            "snes_linesearch_type": "basic",
-            "snes_max_it": 20,
-            "snes_rtol": 1e-9,
-            "snes_atol": 1e-11,
-        },
-    )
     ramp = dolfinx.fem.Function(V)  # the predictor's uniform strain: (x/L) e1
     ramp.interpolate(lambda p: np.vstack([p[0] / length] + [0 * p[0]] * (dim - 1)))
     n_cells = law.quadrature.n_cells
@@ -419,7 +430,8 @@ def _bar(comm, dim, size, cells, chosen: _Law, imperfection, viscosity) -> Simpl
         u=u,
         u_n=u_n,
         law=law,
-        solver=solver,
+        F=F,
+        bcs=bcs,
         eta_dt=eta_dt,
         end_value=end_value,
         ramp=ramp,
@@ -431,11 +443,32 @@ def _bar(comm, dim, size, cells, chosen: _Law, imperfection, viscosity) -> Simpl
     )
 
 
+def _solver(bar, solver: SolverName, petsc: dict) -> LawNewtonSolver:
+    """Newton for the bar with the linear-solver preset ``solver`` and the options ``petsc``."""
+    u = bar.u
+    return LawNewtonSolver(
+        bar.F,
+        u,
+        [bar.law],
+        bcs=bar.bcs,
+        prefix=f"metamaterial_{id(u)}_",
+        petsc_options={
+            "snes_linesearch_type": "basic",
+            "snes_max_it": 20,
+            "snes_rtol": 1e-9,
+            "snes_atol": 1e-11,
+            **petsc,
+        },
+        preset=solver_preset(solver, u.function_space),
+    )
+
+
 def _load_step(bar, schedule, step: int, chosen: _Law, viscosity: float, max_cuts: int):
-    """One load step, in sub-steps cut in half on failure: (Newton iterations, cuts, depth)."""
+    """One load step, in sub-steps cut in half on failure: (Newton iterations, cuts, depth,
+    Krylov iterations)."""
     full = (schedule[step] - schedule[step - 1]) * bar.length
     target, done = schedule[step] * bar.length, schedule[step - 1] * bar.length
-    fraction, iterations, cuts, depth = 1.0, 0, 0, 0
+    fraction, iterations, cuts, depth, krylov = 1.0, 0, 0, 0, 0
     trial = {}
 
     def prepare(part: float) -> None:
@@ -457,7 +490,8 @@ def _load_step(bar, schedule, step: int, chosen: _Law, viscosity: float, max_cut
         bar.u_n.x.array[:] = bar.u.x.array
         done = trial["end"]
         iterations += cut.result.iterations
-    return iterations, cuts, depth
+        krylov += cut.result.linear_iterations
+    return iterations, cuts, depth, krylov
 
 
 def _measure(bar) -> tuple:

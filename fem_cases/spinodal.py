@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import resource
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Literal, NamedTuple
@@ -47,6 +48,13 @@ from lse_material.fem.checkpoint import (
     read_checkpoint,
     read_functions,
     run_header,
+)
+from lse_material.fem.solvers import (
+    SolverName,
+    krylov_per_newton,
+    parse_petsc_options,
+    peak_memory_gb,
+    solver_preset,
 )
 from lse_material.jsonio import write_json
 from lse_material.plotting import save_figure, subplots
@@ -89,6 +97,8 @@ def simulate_spinodal(
     dt_max: float = 0.05,
     max_steps: int = 400,
     write_every: int = 5,
+    solver: SolverName = "direct",
+    petsc: Sequence[str] = (),
     checkpoint_every: int = 0,
     restart: str | Path | None = None,
 ) -> SpinodalResult:
@@ -118,6 +128,12 @@ def simulate_spinodal(
         stop after this many steps even before ``t_end``.
     write_every
         write the VTX fields every this many steps.
+    solver
+        linear-solver preset: direct (MUMPS) or iterative (GMRES, fieldsplit u | (c, mu), GAMG
+        blocks; lse_material.fem.solvers).
+    petsc
+        a PETSc option over the preset's, KEY=VALUE without prefix (e.g. ksp_rtol=1e-6);
+        repeat for several.
     checkpoint_every
         write a checkpoint (out/checkpoint: mesh, fields, step state) every this many steps and
         at the end; 0: none.
@@ -134,6 +150,7 @@ def simulate_spinodal(
         raise ValueError(
             f"need mesh >= 2, t_end > 0, dt > 0; got mesh={mesh}, t_end={t_end}, dt={dt}."
         )
+    user_options = parse_petsc_options(petsc)
     t_start = time.perf_counter()
     potential = None
     if not analytic:
@@ -155,7 +172,7 @@ def simulate_spinodal(
     out = Path(out)
     if comm.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-    p = _problem(comm, dim, mesh, dt, potential)
+    p = _problem(comm, dim, mesh, dt, potential, solver, user_options)
     if resume is None:
         p.w.sub(1).interpolate(_initial_concentration(dim, seed))
         p.w.x.scatter_forward()
@@ -180,6 +197,7 @@ def simulate_spinodal(
         loop_seconds=loop_seconds,
         seconds_per_step=(loop_seconds - checkpoints.seconds) / max(steps_run, 1),
         peak_memory_mb_per_rank=peak_mb,
+        peak_memory_gb=peak_memory_gb(comm),
         failed_steps=failures,
         dim=dim,
         mesh=mesh,
@@ -187,6 +205,9 @@ def simulate_spinodal(
         model=None if model is None else str(model),
         seed=seed,
         parameters={"kappa": KAPPA, "mobility": MOBILITY, "viscosity": VISCOSITY},
+        solver=solver,
+        petsc_options=p.solver.petsc_options,
+        krylov_per_newton=krylov_per_newton(history),
         restarted_from=None
         if resume is None
         else {"run": str(restart), "step": resume.state["step"]},
@@ -215,17 +236,17 @@ def _march(
     ``checkpoints`` after steps. Returns (history, steps, failed solves, loop seconds).
     """
     comm = p.domain.comm
-    history = {
-        k: [] for k in ("time", "energy", "mass", "phase_fraction", "newton_iterations", "dt")
-    }
+    keys = ("time", "energy", "mass", "phase_fraction", "newton_iterations", "dt")
+    history = {k: [] for k in (*keys, "krylov_iterations")}
     t, step, failures = 0.0, 0, 0
     if resume is not None:
         history = resume.state["history"]
         t, step, failures = resume.state["t"], resume.state["step"], resume.state["failed_steps"]
 
-    def record(t, iterations):
+    def record(t, iterations, krylov=0):
         e, m, pf = _measure(p, refresh_law=iterations == 0)
-        for key, value in zip(history, (t, e, m, pf, iterations, float(p.dt.value)), strict=True):
+        values = (t, e, m, pf, iterations, float(p.dt.value), krylov)
+        for key, value in zip(history, values, strict=True):
             history[key].append(value)
         return e
 
@@ -250,7 +271,7 @@ def _march(
         t += cut.size
         step += 1
         p.w_n.x.array[:] = p.w.x.array
-        energy = record(t, cut.result.iterations)
+        energy = record(t, cut.result.iterations, cut.result.linear_iterations)
         if comm.rank == 0:
             print(
                 f"step {step:4d}  t = {t:.5g}  dt = {cut.size:.3g}  newton "
@@ -270,8 +291,11 @@ def _march(
     return history, step, failures, loop_seconds
 
 
-def _problem(comm, dim: int, mesh: int, dt: float, potential) -> SimpleNamespace:
-    """Mesh, mixed space (u, c, μ), the law (None: the analytic ψ in UFL), forms and solver."""
+def _problem(
+    comm, dim: int, mesh: int, dt: float, potential, solver: SolverName, petsc: dict
+) -> SimpleNamespace:
+    """Mesh, mixed space (u, c, μ), the law (None: the analytic ψ in UFL), forms and solver
+    (the preset ``solver`` with the options ``petsc`` over it)."""
     if dim == 2:
         domain = dolfinx.mesh.create_unit_square(comm, mesh, mesh)
     else:
@@ -316,7 +340,8 @@ def _problem(comm, dim: int, mesh: int, dt: float, potential) -> SimpleNamespace
         [law] if law else [],
         bcs=bcs,
         prefix=f"spinodal_{id(w)}_",
-        petsc_options={"snes_max_it": 12, "snes_linesearch_type": "basic"},
+        petsc_options={"snes_max_it": 12, "snes_linesearch_type": "basic", **petsc},
+        preset=solver_preset(solver, W, kappa_over_mobility=KAPPA / MOBILITY),
     )
     one = dolfinx.fem.form(dolfinx.fem.Constant(domain, 1.0) * dx)
     return SimpleNamespace(

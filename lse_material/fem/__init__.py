@@ -17,6 +17,9 @@ plain ``import dolfinx`` works, and ``from lse_material.fem import dolfinx`` is 
   returns a ``NewtonResult`` with the residual history. ``solve_with_cuts``: a step that is
   halved and retried until Newton converges (laws reverted on failure, committed on success).
 - ``ReactionForce``: the reaction on a Dirichlet boundary from the residual form.
+- ``solver_preset`` (``lse_material.fem.solvers``): the linear-solver presets "direct" (MUMPS)
+  and "iterative" (GMRES; GAMG with the rigid-body near-nullspace, fieldsplit u | (c, μ) with
+  the PRESB Cahn–Hilliard block), passed as ``LawNewtonSolver(preset=...)``.
 - ``ArcLengthSolver``: arc-length continuation (PETSc SNESNEWTONAL) through limit points, the
   laws refreshed as in ``LawNewtonSolver``; ``trace`` returns an ``ArcLengthPath`` of
   ``ArcLengthPoint`` (load, measure, energy, smallest tangent eigenvalue) and its
@@ -51,6 +54,13 @@ from lse_material.fem.points import QuadraturePoints
 from lse_material.fem.protocol import Law
 from lse_material.fem.quadrature import QuadratureLaw, inputs_to_tensor
 from lse_material.fem.reaction import ReactionForce
+from lse_material.fem.solvers import (
+    SolverPreset,
+    krylov_per_newton,
+    parse_petsc_options,
+    rigid_body_modes,
+    solver_preset,
+)
 from lse_material.fem.state_law import QuadratureStateLaw
 
 __all__ = [
@@ -68,12 +78,17 @@ __all__ = [
     "QuadraturePoints",
     "QuadratureStateLaw",
     "ReactionForce",
+    "SolverPreset",
     "convergence_orders",
     "dolfinx",
     "inputs_to_tensor",
+    "krylov_per_newton",
+    "parse_petsc_options",
+    "rigid_body_modes",
     "read_checkpoint",
     "read_functions",
     "read_state_law",
     "solve_with_cuts",
+    "solver_preset",
     "write_checkpoint",
 ]

@@ -13,7 +13,9 @@ and on failure restore them, ``revert()`` the laws and retry with half the step;
 
 from __future__ import annotations
 
+import contextlib
 import math
+import re
 import time
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
@@ -24,6 +26,7 @@ from petsc4py import PETSc  # lse_material.fem imports dolfinx_solver first
 
 from lse_material.fem._dolfinx import dolfinx
 from lse_material.fem.protocol import check_laws
+from lse_material.fem.solvers import SolverPreset
 
 __all__ = ["CutSolve", "LawNewtonSolver", "NewtonResult", "convergence_orders", "solve_with_cuts"]
 
@@ -45,13 +48,21 @@ def convergence_orders(residual_norms: Sequence[float]) -> list[float]:
 
 class NewtonResult(NamedTuple):
     """converged; iterations; residual_norms (‖F‖ per iteration, from iteration 0); reason
-    (SNES converged reason, > 0 converged); seconds (wall time of the solve)."""
+    (SNES converged reason, > 0 converged); seconds (wall time of the solve);
+    linear_iterations (Krylov iterations summed over the Newton iterations; a direct solve,
+    ``preonly``, counts 1 per Newton iteration)."""
 
     converged: bool
     iterations: int
     residual_norms: list[float]
     reason: int
     seconds: float
+    linear_iterations: int = 0
+
+    @property
+    def krylov_per_newton(self) -> float:
+        """Krylov iterations per Newton iteration (0 when Newton took no iteration)."""
+        return self.linear_iterations / self.iterations if self.iterations else 0.0
 
     @property
     def seconds_per_iteration(self) -> float:
@@ -76,8 +87,12 @@ class LawNewtonSolver:
             trial point), so the backtracking line search decreases the energy instead of
             ‖F‖: it cannot climb out of a well. Only for F that is an energy's gradient.
         petsc_options: SNES/KSP options, merged over ``DEFAULT_OPTIONS`` (Newton with
-            backtracking line search, direct LU with MUMPS); with another ``snes_type`` the
-            default line search is left out (PETSc would warn that it is unused).
+            backtracking line search, direct LU with MUMPS) and the preset's; with another
+            ``snes_type`` the default line search is left out (PETSc would warn that it is
+            unused).
+        preset: a linear-solver preset (``lse_material.fem.solvers.solver_preset``: its
+            options, then its ``configure(problem)`` for index sets and near-nullspaces);
+            None: the defaults (MUMPS).
         prefix: PETSc options prefix (unique per solver).
         **problem_options: passed on to ``dolfinx.fem.petsc.NonlinearProblem`` (``kind``,
             ``P``, ``entity_maps``, ...).
@@ -111,6 +126,7 @@ class LawNewtonSolver:
         bcs=(),
         energy=None,
         petsc_options: dict | None = None,
+        preset: SolverPreset | None = None,
         prefix: str = "lse_newton_",
         **problem_options,
     ):
@@ -118,20 +134,33 @@ class LawNewtonSolver:
         options = dict(self.DEFAULT_OPTIONS)
         if user.get("snes_type", "newtonls") != "newtonls":
             del options["snes_linesearch_type"]  # only newtonls has a line search
+        options.update(preset.options if preset is not None else {})
         options.update(user)
-        self.petsc_options = options
+        self.petsc_options, self.prefix = options, prefix
         self.u, self.laws = u, check_laws(laws)
         for law in self.laws:
             law.check_fixed(u)
-        self.problem = dolfinx.fem.petsc.NonlinearProblem(
-            F,
-            u,
-            J=J,
-            bcs=list(bcs),
-            petsc_options=options,
-            petsc_options_prefix=prefix,
-            **problem_options,
-        )
+        try:
+            self.problem = dolfinx.fem.petsc.NonlinearProblem(
+                F,
+                u,
+                J=J,
+                bcs=list(bcs),
+                petsc_options=options,
+                petsc_options_prefix=prefix,
+                **problem_options,
+            )
+        except PETSc.Error as error:  # an unknown type name, a value PETSc cannot parse
+            PETSc.Options().prefixPop()  # NonlinearProblem pushed its prefix and left it
+            _remove_options(options, prefix)
+            reason = re.sub(r"^\[\d+\]\s*", "", str(error).strip().splitlines()[-1])
+            raise ValueError(
+                f"PETSc refused the solver options {user or options}: {reason}; check the "
+                "--petsc KEY=VALUE items (type names, numbers) and the preset."
+            ) from error
+        _remove_options(options, prefix)  # NonlinearProblem's own tidy-up misses the prefix
+        if preset is not None and preset.configure is not None:
+            preset.configure(self.problem)
         snes = self.problem.solver
         b, (assemble_f, f_args, f_kwargs) = snes.getFunction()
         A, P, (assemble_j, j_args, j_kwargs) = snes.getJacobian()
@@ -190,7 +219,8 @@ class LawNewtonSolver:
         self._last_x, self._error = None, None
         t0 = time.perf_counter()
         try:
-            self.problem.solve()
+            with _options_in_database(self.petsc_options, self.prefix):
+                self.problem.solve()
         except Exception as petsc_error:
             if self._error is not None:
                 raise self._error from petsc_error
@@ -203,8 +233,35 @@ class LawNewtonSolver:
             for law in self.laws:
                 law.check_training_box()
         return NewtonResult(
-            reason > 0, snes.getIterationNumber(), list(self.residual_norms), reason, seconds
+            reason > 0,
+            snes.getIterationNumber(),
+            list(self.residual_norms),
+            reason,
+            seconds,
+            snes.getLinearSolveIterations(),
         )
+
+
+@contextlib.contextmanager
+def _options_in_database(options: dict, prefix: str):
+    """The solver's options in PETSc's options database (under its prefix) while it solves.
+
+    They are out of it otherwise (no leftovers reported at exit, no leaks between solvers),
+    but solvers created at the first set-up (fieldsplit blocks, their AMG) read theirs then.
+    """
+    database = PETSc.Options()
+    for key, value in options.items():
+        database[prefix + key] = value
+    try:
+        yield
+    finally:
+        _remove_options(options, prefix)
+
+
+def _remove_options(options: dict, prefix: str) -> None:
+    database = PETSc.Options()
+    for key in options:
+        database.delValue(prefix + key)
 
 
 class CutSolve(NamedTuple):
