@@ -71,72 +71,20 @@ def bench_law(
     """
     torch.set_num_threads(threads)
     law = load(model)
-    d = law.n_inputs
-    box = law.training_box
-    g = torch.Generator().manual_seed(seed)
-    u = torch.rand(points, d, generator=g, dtype=torch.float64)
-    if box:
-        lo = torch.tensor([box[n][0] for n in law.input_names], dtype=torch.float64)
-        hi = torch.tensor([box[n][1] for n in law.input_names], dtype=torch.float64)
-        x = lo + (hi - lo) * u
-    else:
-        x = 2 * u - 1
-    loaded = load(model)  # as a user gets it: the public path, nothing switched off
-
-    def loaded_derivatives():
-        return loaded.derivatives(x)
-
-    law.requires_grad_(False)
-
-    def closed_form():
-        return derivatives_in_chunks(law, x)
-
-    def closed_form_torch():
-        with _native.switched_off():
-            return derivatives_in_chunks(law, x)
-
-    def energy_of_point(p):
-        return law(p[None])[0]
-
-    hess_fn = torch.func.vmap(torch.func.jacfwd(torch.func.grad(energy_of_point)))
-    grad_fn = torch.func.vmap(torch.func.grad(energy_of_point))
-
-    def vmap_jacfwd():
-        return [
-            (law(x[s : s + 8192]), grad_fn(x[s : s + 8192]), hess_fn(x[s : s + 8192]))
-            for s in range(0, points, 8192)
-        ]
-
-    def autograd():
-        out = []
-        for s in range(0, points, 8192):
-            xs = x[s : s + 8192].clone().requires_grad_(True)
-            e = law(xs)
-            (gr,) = torch.autograd.grad(e.sum(), xs, create_graph=True)
-            rows = [torch.autograd.grad(gr[:, j].sum(), xs, retain_graph=True)[0] for j in range(d)]
-            out.append((e.detach(), gr.detach(), torch.stack(rows, 1)))
-        return out
+    x = _points_in_box(law, points, seed)
+    paths = _paths(law, load(model), x)  # the second load: as a user gets it, nothing switched off
 
     # Agreement first (the benchmark compares equal work).
-    ref = closed_form()
     sub = slice(0, 1000)
-    xs = x[sub].clone().requires_grad_(True)
-    e = law(xs)
-    (gr,) = torch.autograd.grad(e.sum(), xs, create_graph=True)
-    h_ad = torch.stack(
-        [torch.autograd.grad(gr[:, j].sum(), xs, retain_graph=True)[0] for j in range(d)], 1
-    )
-    agreement = float((ref.hessian[sub] - h_ad).abs().max() / h_ad.abs().max())
-    torch_path = closed_form_torch()
-    agreement_torch = float((torch_path.hessian[sub] - h_ad).abs().max() / h_ad.abs().max())
+    (_, _, h_ad), *_ = _autograd(law, x[sub])
+    agreement = _max_rel_difference(paths["closed_form"]().hessian[sub], h_ad)
+    agreement_torch = _max_rel_difference(paths["closed_form_torch"]().hessian[sub], h_ad)
 
     times = {
-        "closed_form": _best_time(closed_form, repeats),
-        "closed_form_torch": _best_time(closed_form_torch, repeats),
-        "loaded_derivatives": _best_time(loaded_derivatives, repeats),
-        "autograd": _best_time(autograd, repeats),
-        "vmap_jacfwd": _best_time(vmap_jacfwd, 1),
+        name: _best_time(path, 1 if name == "vmap_jacfwd" else repeats)
+        for name, path in paths.items()
     }
+    d = law.n_inputs
     result = {
         "points": points,
         "threads": threads,
@@ -165,3 +113,67 @@ def bench_law(
     )
     print(json.dumps({k: result[k] for k in keys}, indent=2))
     return result
+
+
+def _points_in_box(law, points: int, seed: int) -> torch.Tensor:
+    """``(points, d)`` uniform in the law's training box (in [-1, 1]^d without one)."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.rand(points, law.n_inputs, generator=g, dtype=torch.float64)
+    box = law.training_box
+    if not box:
+        return 2 * u - 1
+    lo = torch.tensor([box[n][0] for n in law.input_names], dtype=torch.float64)
+    hi = torch.tensor([box[n][1] for n in law.input_names], dtype=torch.float64)
+    return lo + (hi - lo) * u
+
+
+def _autograd(law, x: torch.Tensor, chunk: int = 8192) -> list[tuple]:
+    """(energy, gradient, Hessian) per chunk of ``x`` by reverse-mode autograd (d backward passes)."""
+    out = []
+    for s in range(0, len(x), chunk):
+        xs = x[s : s + chunk].clone().requires_grad_(True)
+        e = law(xs)
+        (gr,) = torch.autograd.grad(e.sum(), xs, create_graph=True)
+        rows = [
+            torch.autograd.grad(gr[:, j].sum(), xs, retain_graph=True)[0]
+            for j in range(law.n_inputs)
+        ]
+        out.append((e.detach(), gr.detach(), torch.stack(rows, 1)))
+    return out
+
+
+def _max_rel_difference(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+def _paths(law, loaded, x: torch.Tensor) -> dict:
+    """The timed paths, each a callable computing energy, gradient and Hessian at ``x``.
+
+    ``law`` has its gradients switched off (the fast path a solver uses); ``loaded`` is the
+    file as ``load`` returns it.
+    """
+    law.requires_grad_(False)
+
+    def closed_form_torch():
+        with _native.switched_off():
+            return derivatives_in_chunks(law, x)
+
+    def energy_of_point(p):
+        return law(p[None])[0]
+
+    hess_fn = torch.func.vmap(torch.func.jacfwd(torch.func.grad(energy_of_point)))
+    grad_fn = torch.func.vmap(torch.func.grad(energy_of_point))
+
+    def vmap_jacfwd():
+        return [
+            (law(x[s : s + 8192]), grad_fn(x[s : s + 8192]), hess_fn(x[s : s + 8192]))
+            for s in range(0, len(x), 8192)
+        ]
+
+    return {
+        "closed_form": lambda: derivatives_in_chunks(law, x),
+        "closed_form_torch": closed_form_torch,
+        "loaded_derivatives": lambda: loaded.derivatives(x),
+        "autograd": lambda: _autograd(law, x),
+        "vmap_jacfwd": vmap_jacfwd,
+    }
