@@ -29,7 +29,8 @@ Outputs in ``out``: ``summary.json`` (the path as equal-length lists ``displacem
 (u_x(L)), ``force`` (the reaction on x = L per unit thickness), ``lambda``, ``energy`` (∫ψ
 dx), ``min_eigenvalue`` (smallest ω of K φ = ω M φ), ``negative_eigenvalues``,
 ``iterations``; ``limit_points`` [{displacement, force, kind}] (sign changes of the smallest
-eigenvalue); ``peak_force``, ``failed_steps``, ``steps_to_first_limit``, ...),
+eigenvalue); ``peak_force`` (the nucleation peak, up to the first limit point),
+``max_force``, ``failed_steps``, ``steps_to_first_limit``, ...),
 ``force_displacement.png`` (unstable branches dashed, limit points marked; with
 ``reference``, the other run's curve too and their distance in ``comparison``), and
 ``phase.bp`` (VTX for ParaView, one frame per point: the nearest variant in the (e2, e3) plane
@@ -318,7 +319,8 @@ def _summary(path, p, mesh, aspect, imperfection, analytic, model) -> dict:
         "iterations": path.column("iterations"),
         "cuts": cuts,
         "limit_points": limits,
-        "peak_force": max(force),
+        "peak_force": max(force[: first + 2] if first is not None else force),
+        "max_force": max(force),
         "failed_steps": path.failed_steps,
         "steps": len(lam) - 1,
         "steps_to_first_limit": first,
@@ -336,30 +338,55 @@ def _summary(path, p, mesh, aspect, imperfection, analytic, model) -> dict:
 
 
 def curve_distance(a: dict, b: dict) -> dict:
-    """How far two force–displacement paths are apart, in units of ``a``'s peak force.
+    """How far run ``b``'s force–displacement path is from run ``a``'s, in units of a's peak.
 
-    ``curve_distance``: the symmetric Hausdorff distance between the two polylines in the plane
-    (displacement / a's displacement range, force / a's peak force): it covers the descending
-    and snap-back branches, where force is no function of displacement. ``limit_force``: the
-    difference of the first limit points' forces (NaN when one has none), ``peak_force``: of
-    the peak forces, both relative to a's peak force.
+    ``ascending``, ``descending``: the largest |F_b(u) - F_a(u)| over the displacements both
+    runs cover on the stable branch from the start to the first limit point, and on the
+    branch from there to the next limit point (the snap-back), F interpolated in u on each
+    branch (monotone there). ``limit_force``, ``limit_displacement``, ``peak_force``: the
+    differences of the first limit point's coordinates and of the peak (nucleation) force.
+    ``curve_distance``: the symmetric Hausdorff distance between the whole polylines in the
+    plane (u / a's displacement range, F / a's peak force), which also sees a path that
+    takes other branches later. NaN where a run lacks the limit points.
     """
-    scale_u = np.ptp(a["displacement"]) or 1.0
     scale_f = abs(a["peak_force"]) or 1.0
-    pa = np.column_stack(
-        [np.asarray(a["displacement"]) / scale_u, np.asarray(a["force"]) / scale_f]
-    )
-    pb = np.column_stack(
-        [np.asarray(b["displacement"]) / scale_u, np.asarray(b["force"]) / scale_f]
-    )
-    distance = max(_to_polyline(pa, pb).max(), _to_polyline(pb, pa).max())
+    scale_u = np.ptp(a["displacement"]) or 1.0
+    pa, pb = (np.column_stack([r["displacement"], r["force"]]) / [scale_u, scale_f] for r in (a, b))
+    result = {"curve_distance": float(max(_to_polyline(pa, pb).max(), _to_polyline(pb, pa).max()))}
+    ends_a, ends_b = _branch_ends(a), _branch_ends(b)
+    for name, k in (("ascending", 0), ("descending", 1)):
+        result[name] = math.nan
+        if len(ends_a) > k + 1 and len(ends_b) > k + 1:
+            ua, fa = _branch(a, ends_a[k], ends_a[k + 1])
+            ub, fb = _branch(b, ends_b[k], ends_b[k + 1])
+            inside = (ua >= ub.min()) & (ua <= ub.max())
+            if inside.any():
+                result[name] = float(
+                    np.abs(np.interp(ua[inside], ub, fb) - fa[inside]).max() / scale_f
+                )
     la, lb = a["limit_points"], b["limit_points"]
-    limit = abs(la[0]["force"] - lb[0]["force"]) / scale_f if la and lb else math.nan
-    return {
-        "curve_distance": float(distance),
-        "limit_force": float(limit),
-        "peak_force": float(abs(a["peak_force"] - b["peak_force"]) / scale_f),
-    }
+    both = bool(la and lb)
+    result["limit_force"] = abs(la[0]["force"] - lb[0]["force"]) / scale_f if both else math.nan
+    result["limit_displacement"] = (
+        abs(la[0]["displacement"] - lb[0]["displacement"]) / scale_u if both else math.nan
+    )
+    result["peak_force"] = abs(a["peak_force"] - b["peak_force"]) / scale_f
+    return {k: float(v) for k, v in result.items()}
+
+
+def _branch_ends(run: dict) -> list[int]:
+    """Point indices: the start, the first limit point, the next limit point after it."""
+    limits = [c["index"] for c in run["limit_points"] if c["kind"] == "limit"]
+    ends = [0] + limits[:1]
+    ends += [i for i in limits[1:] if i > ends[-1] + 1][:1]
+    return ends
+
+
+def _branch(run: dict, i: int, j: int) -> tuple[np.ndarray, np.ndarray]:
+    """Displacement and force of points i..j, sorted by displacement."""
+    u, f = np.asarray(run["displacement"][i : j + 1]), np.asarray(run["force"][i : j + 1])
+    order = np.argsort(u)
+    return u[order], f[order]
 
 
 def _to_polyline(points: np.ndarray, line: np.ndarray) -> np.ndarray:
