@@ -28,7 +28,8 @@ Choices [ours], documented:
 Outputs in ``out``: ``summary.json`` (the path as equal-length lists ``displacement``
 (u_x(L)), ``force`` (the reaction on x = L per unit thickness), ``lambda``, ``energy`` (∫ψ
 dx), ``min_eigenvalue`` (smallest ω of K φ = ω M φ), ``negative_eigenvalues``,
-``iterations``; ``limit_points`` [{displacement, force, kind}] (sign changes of the smallest
+``iterations``, ``variant_fractions`` (per point, the fraction of cells nearest to each
+variant); ``limit_points`` [{displacement, force, kind}] (sign changes of the smallest
 eigenvalue); ``peak_force`` (the nucleation peak, up to the first limit point),
 ``max_force``, ``failed_steps``, ``steps_to_first_limit``, ...),
 ``force_displacement.png`` (unstable branches dashed, limit points marked; with
@@ -148,7 +149,7 @@ def simulate_bar_transformation(
     writer, fields = _writer(p, out, comm)
 
     def record(point) -> None:
-        _write(p, fields, writer, len(points))
+        fractions.append(_write(p, fields, writer, len(points)))
         points.append(point)
         if comm.rank == 0:
             print(
@@ -159,11 +160,13 @@ def simulate_bar_transformation(
             )
 
     points: list = []
+    fractions: list = []
     path = p.solver.trace(
         end=end, step=step, max_step=max_step, max_steps=max_steps, callback=record
     )
     writer.close()
     summary = _summary(path, p, mesh, aspect, imperfection, analytic, model)
+    summary["variant_fractions"] = fractions
     summary["seconds"] = time.perf_counter() - t0
     if other is not None:
         summary["comparison"] = {
@@ -283,20 +286,26 @@ def _writer(p: SimpleNamespace, out: Path, comm):
     return writer, fields
 
 
-def _write(p: SimpleNamespace, fields: dict, writer, index: int) -> None:
-    """One frame: the nearest variant per cell (and the dominant LSE mode with a law)."""
+def _write(p: SimpleNamespace, fields: dict, writer, index: int) -> list[float]:
+    """One frame: the nearest variant per cell (and the dominant LSE mode with a law).
+
+    Returns the fraction of the cells (all ranks) nearest to each variant.
+    """
     DG0 = fields["variant"].function_space
     cells = np.arange(DG0.mesh.topology.index_map(2).size_local, dtype=np.int32)
     order = fields["_order"].eval(p.domain, cells).reshape(-1, 2)
     directions = np.stack([np.cos(VARIANT_ANGLES), np.sin(VARIANT_ANGLES)])  # (2, 3)
     dofs = DG0.dofmap.list[cells, 0]
-    fields["variant"].x.array[dofs] = np.argmax(order @ directions, axis=1).astype(np.float64)
+    variant = np.argmax(order @ directions, axis=1)
+    fields["variant"].x.array[dofs] = variant.astype(np.float64)
     fields["variant"].x.scatter_forward()
+    counts = p.domain.comm.allreduce(np.bincount(variant, minlength=3), op=MPI.SUM)
     if p.law is not None and p.law.phase_weights is not None:
         points = p.law.quadrature
         modes = points.cell_means(p.law.phase_weights).argmax(axis=1).astype(np.float64)
         points.set_cells(fields["dominant_mode"], modes)
     writer.write(float(index))
+    return (counts / counts.sum()).tolist()
 
 
 def _summary(path, p, mesh, aspect, imperfection, analytic, model) -> dict:

@@ -32,6 +32,10 @@ def test_analytic_bar_writes_the_path_through_a_limit_point(serial):
     # stable up to the first critical point, past it the path went on through unstable states
     assert (negative[:first] == 0).all() and negative[first:].max() >= 1
     assert force[first:].min() < 0.8 * summary["peak_force"]  # down the descending branch
+    fractions = np.array(summary["variant_fractions"])  # (points, 3)
+    assert fractions.shape == (n, 3) and np.allclose(fractions.sum(1), 1.0)
+    assert fractions[0, 0] == 1.0  # the start: all in the variant contracted along x
+    assert fractions[-1, 1] > 0  # past the snap-back: the y-variant has nucleated
     for name in ("summary.json", "force_displacement.png", "phase.bp"):
         assert (out / name).exists(), name
 
