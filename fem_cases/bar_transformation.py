@@ -433,6 +433,6 @@ def _plot(path: Path, summary: dict, other: dict | None) -> None:
     ax.axhline(0.0, color="0.6", lw=0.6)
     ax.set_xlabel("end displacement u_x(L) (L = 1)")
     ax.set_ylabel("reaction force per unit thickness")
-    ax.set_title("bar at c = s_c: variant to variant (circles: limit points)")
+    ax.set_title("bar at c = s_c: variant to variant (circles: critical points)")
     ax.legend(fontsize=7)
     save_figure(fig, path)
