@@ -36,7 +36,7 @@ MPIRUN := $(VENV)/bin/mpirun
 # spinodal phase-transformation case on 2 MPI ranks; also a shortened 1-D well-discovery study.
 demo: venv
 	@[ -f $(RESULTS)/mechanochemical/model.safetensors ] || \
-	  $(CLI) train mechanochemical --out $(RESULTS)/mechanochemical
+	  $(CLI) train mechanochemical --out $(RESULTS)/mechanochemical --overwrite
 	$(CLI) inspect $(RESULTS)/mechanochemical/model.safetensors
 	$(MPIRUN) -n 2 $(CLI) simulate spinodal --model $(RESULTS)/mechanochemical/model.safetensors \
 	  --out $(RESULTS)/spinodal --mesh 48 --t-end 0.3
@@ -63,7 +63,7 @@ format: venv
 bench: venv
 	$(CLI) bench fit-1d --out $(RESULTS)/bench/fit-1d
 	@[ -f $(RESULTS)/mechanochemical/model.safetensors ] || \
-	  $(CLI) train mechanochemical --out $(RESULTS)/mechanochemical
+	  $(CLI) train mechanochemical --out $(RESULTS)/mechanochemical --overwrite
 	$(CLI) bench law --model $(RESULTS)/mechanochemical/model.safetensors --out $(RESULTS)/bench/law
 	$(CLI) bench bvp --model $(RESULTS)/mechanochemical/model.safetensors --out $(RESULTS)/bench/bvp
 	$(CLI) bench spinodal --model $(RESULTS)/mechanochemical/model.safetensors --out $(RESULTS)/bench/spinodal

@@ -7,16 +7,26 @@ weights), never ψ itself; ψ is inferred and compared up to an additive constan
 order the Voigt stress is exactly the gradient and the tangent is the Hessian.
 
 The protocol [ours] (the paper gives none that we could recover; each step answers a measured
-failure of the previous one, which had the right pooled R² and none of the three variants):
+failure of the previous one, which had the right pooled R² and none of the three variants).
+It is a configuration of the one training engine (``training.engine``,
+``mechanochemical_config``): the data model's samples go in as columns
+(``datafile.dataset_from_columns``), so ``lse-material train data`` with the same columns
+trains the same way.
 
 1. samples in order-parameter space around the wells (``mc.sample``), not a strain box;
-2. modes started on well candidates of the data (small, locally convex flux), each fitted
+2. a loss near a relative error: each point's weight is 1/(1 + |S|²/a), |S| its normalised
+   stress (the engine's sample weights), so the large stresses of the quartic growth far from
+   the wells do not drown the O(1) stresses near them (a = ``FLUX_WEIGHTING``). The stress
+   alone sets the weight: with μ in it, the points across the chemical transition (|μ| up to
+   3 d_c) lost weight and the stress along the extrapolation path got worse;
+3. modes started on well candidates of the data (small, locally convex flux), each fitted
    alone to the data of its region, their constants matched across region boundaries
    (``training.mode_init``);
-3. a nested LSE: the modes whose candidate lies in the transformed phase (c > s_c/2) form one
+4. a nested LSE: the modes whose candidate lies in the transformed phase (c > s_c/2) form one
    group with its own ρ_g (sharp ridges between the variants), joined to the reference phase by
    the outer ρ (the broad chemical transition) — one ρ cannot be both (``LSEICNN(groups=)``);
-4. the mixture trained on all data, L1 on the gates in the last 40 % of the epochs.
+5. the mixture trained on all data, L1 on the gates in the last 40 % of the epochs, then the
+   greedy elimination of the least used modes.
 
 The result is judged by its wells (``lse_material.wells``): the minima on the slices c = 0 and
 c = s_c against the data model's, their depths and the variant-to-variant barrier, plus R²
@@ -25,32 +35,35 @@ near each well — a pooled R² alone hid the missing variants before.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 from lse_material.training.data import mechanochemical as mc
-from lse_material.training.fit import (
-    FitOptions,
-    fit,
-    fold_gates,
-    prune_by_elimination,
-    r2_score,
-    resolve_device,
-)
-from lse_material.training.mode_init import pretrain_on_wells, well_candidates
+from lse_material.training.datafile import DataConfig, dataset_from_columns, split_rows
+from lse_material.training.engine import FitConfig, ModelConfig, OutputConfig, TrainConfig, train
+from lse_material.training.fit import r2_score
 
 import lse_material
 from lse_material.atomic import write_json
 from lse_material.lse import LSEICNN
 
-__all__ = ["MechanochemicalTraining", "train_mechanochemical", "evaluate_wells"]
+__all__ = [
+    "MechanochemicalTraining",
+    "evaluate_wells",
+    "mechanochemical_config",
+    "train_mechanochemical",
+]
 
 N_MODES, HIDDEN = 5, (10, 10)  # [paper]
 N_TRAIN_FRACTION = 0.8  # 80 / 20 split [paper]
 RHO, GROUP_RHO = 0.1, 1.0  # start values of the outer ρ and the groups' ρ_g (network units) [ours]
+FLUX_WEIGHTING = 1.0  # the loss's relative-error scale a (``train_mechanochemical``) [ours]
+FLUX_NAMES = ("S11", "S22", "S33", "S23", "S13", "S12", "mu")
 
 
 class MechanochemicalTraining(NamedTuple):
@@ -68,16 +81,19 @@ def train_mechanochemical(
     param: Sequence[str] = (),
     nested: bool = True,
     eliminate: bool = True,
+    flux_weighting: float = FLUX_WEIGHTING,
     device: str = "auto",
     threads: int = 0,
     plots: bool = True,
+    overwrite: bool = False,
+    resume: bool = False,
 ) -> MechanochemicalTraining:
     """Train the LSE-ICNN on S and μ of the data model; write the model file, plots, summary.json.
 
     Parameters
     ----------
     out
-        output folder.
+        output folder (refused when it holds another run, unless --overwrite).
     samples
         data points drawn from the data model (80 % train, 20 % held out).
     epochs
@@ -91,128 +107,141 @@ def train_mechanochemical(
     nested
         nested LSE (a ρ_g for the transformed phase's variants); false: the paper's single ρ.
     eliminate
-        after the fit, try closing the two least used modes (kept closed when the loss grows
-        by at most 15 % after a 300-epoch fine-tune).
+        after the fit, try closing the least used modes (each kept closed when the loss grows
+        by at most 15 % after a 300-epoch fine-tune; at most two).
+    flux_weighting
+        a > 0: each point's squared error weighted by 1/(1 + |S|²/a), |S| the norm of its
+        normalised stress: the loss approaches a relative error near the strain wells, where
+        the stress vanishes; 0: equal weights.
     device
         auto, cpu or cuda[:N].
     threads
         torch CPU threads (0: leave as is).
     plots
         write the PNG figures.
+    overwrite
+        replace a run in the output folder.
+    resume
+        continue the run in the output folder from its checkpoint (same options).
     """
     params = mc.parse_params(param)
-    if samples < 50 or epochs < 1 or pretrain_epochs < 0:
+    if samples < 50 or epochs < 1 or pretrain_epochs < 0 or not flux_weighting >= 0:
         raise ValueError(
-            f"need samples >= 50, epochs >= 1 and pretrain_epochs >= 0; got samples={samples}, "
-            f"epochs={epochs}, pretrain_epochs={pretrain_epochs}."
+            f"need samples >= 50, epochs >= 1, pretrain_epochs >= 0 and flux_weighting >= 0; "
+            f"got samples={samples}, epochs={epochs}, pretrain_epochs={pretrain_epochs}, "
+            f"flux_weighting={flux_weighting}."
         )
-    if threads:
-        torch.set_num_threads(threads)
-    dev = resolve_device(device)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-
     data = mc.sample(samples, seed=seed, params=params)
-    n_train = int(round(N_TRAIN_FRACTION * samples))
-    order = torch.randperm(samples, generator=torch.Generator().manual_seed(seed))
-    train, test = order[:n_train], order[n_train:]
-    x = data.x.to(dev)
-    flux = torch.cat([data.stress, data.mu[:, None]], dim=1).to(dev)  # (n, 7): S (Voigt), μ
-    flux_std = flux[train].std(0)
-
-    model, centres = _started_model(x[train], flux[train], params, seed=seed, nested=nested)
-    pretrain_loss = None
-    if pretrain_epochs:
-        local = FitOptions(epochs=pretrain_epochs, lr_network=3e-3, l1=0.0, progress=True)
-        pretrain_loss = pretrain_on_wells(model, x[train], flux[train], flux_std, centres, local)
-
-    def data_loss():
-        gradient = model.derivatives(x[train], hessian=False).gradient
-        return ((gradient - flux[train]) / flux_std).pow(2).mean()
-
-    options = FitOptions(
+    config = mechanochemical_config(
+        params,
         epochs=epochs,
-        lr_network=3e-3,
-        lr_gates=1e-2,
-        l1=1e-4,
-        sparsify_after=0.6,
-        ramp=0.2,
-        log_every=max(epochs // 100, 1),
+        pretrain_epochs=pretrain_epochs,
+        seed=seed,
+        nested=nested,
+        eliminate=eliminate,
+        device=device,
+        threads=threads,
     )
-    history = fit(model, data_loss, options, description="mechanochemical")
-    removed = _eliminate(model, data_loss, x[train]) if eliminate else []
-    fold_gates(model)
-    seconds = time.perf_counter() - t0
-
-    model = model.cpu()
-    _calibrate_energy(model, data, train)
+    columns = _columns(data, flux_weighting)
+    source = f"mechanochemical data model: sample({samples}, seed={seed}), {params.__dict__}"
+    rows = dataset_from_columns(config.data, columns, source=source)
+    result = train(config, out=out, data=rows, overwrite=overwrite, resume=resume)
+    model, out = result.model, result.out
+    test = split_rows(rows, config.data).validation
+    _calibrate_energy(model, data, split_rows(rows, config.data).train)
     summary = {
         **_scores(model, data, test, params),
         **evaluate_wells(model, params),
         "active_modes": int(model.active_modes()),
-        "rho": float(model.rho().detach()),
-        "group_rho": model.group_rho().detach().tolist(),
-        "groups": None if model.groups is None else list(model.groups),
+        "rho": result.summary["rho"],
+        "group_rho": result.summary["group_rho"],
+        "groups": result.summary["groups"],
         "params": params.__dict__,
-        "seconds": seconds,
+        "seconds": time.perf_counter() - t0,
+        "fit_ms_per_epoch": result.summary["fit_ms_per_epoch"],
         "samples": samples,
         "epochs": epochs,
         "pretrain_epochs": pretrain_epochs,
-        "pretrain_loss": pretrain_loss,
-        "modes_removed_by_elimination": removed,
+        "pretrain_loss": result.summary["pretrain_loss"],
+        "flux_weighting": flux_weighting,
+        "modes_removed_by_elimination": result.summary["elimination"]["removed"][0],
         "seed": seed,
-        "train": n_train,
-        "test": samples - n_train,
-        "final_loss": history.loss[-1],
+        "train": result.summary["rows"]["train"],
+        "test": result.summary["rows"]["validation"],
+        "engine": {k: result.summary[k] for k in ("metrics", "wells", "data_sha256")},
     }
-    _save(model, out, summary, params)
+    _save(model, out, summary, params, config)
     write_json(out / "summary.json", summary)
     if plots:
         _plots(out, model, data, test, params)
     return MechanochemicalTraining(summary, model)
 
 
-def _eliminate(model: LSEICNN, data_loss, x) -> list[int]:
-    """Greedy backward elimination of at most two modes [ours]: L1 alone leaves a duplicate
-    mode open in one well (it shares the well's weight), so the least used mode is closed and
-    kept closed if a short fine-tune recovers the loss within 15 %."""
-    finetune = FitOptions(epochs=300, lr_network=1e-3, lr_gates=1e-2, l1=0.0, log_every=100)
-    result = prune_by_elimination(
-        model, data_loss, x, finetune=finetune, accept=lambda b, a: a <= 1.15 * b, max_rounds=2
+def mechanochemical_config(
+    params,
+    *,
+    epochs: int,
+    pretrain_epochs: int,
+    seed: int,
+    nested: bool,
+    eliminate: bool,
+    device: str = "auto",
+    threads: int = 0,
+) -> TrainConfig:
+    """The protocol of this module as a ``training.engine`` config (the columns of
+    ``_columns``): modes on the data's well candidates, the first at the smallest c; nested:
+    the candidates with c > s_c/2 (the transformed phase) in their own group."""
+    inputs = tuple(mc.INPUT_NAMES)
+    gradients = dict(zip(inputs, FLUX_NAMES))
+    group = dict(group_input="c", group_threshold=0.5 * params.s_c) if nested else {}
+    return TrainConfig(
+        data=DataConfig(
+            file="",
+            inputs=inputs,
+            gradients=gradients,
+            weight="weight",
+            validation=1 - N_TRAIN_FRACTION,
+            split_seed=seed,
+        ),
+        model=ModelConfig(
+            max_modes=N_MODES,
+            hidden=HIDDEN,
+            rho_start=RHO,
+            init="wells",
+            first_well_input="c",
+            groups="threshold" if nested else "none",
+            group_rho=GROUP_RHO,
+            **group,
+        ),
+        fit=FitConfig(
+            epochs=epochs,
+            lr_network=3e-3,
+            lr_gates=1e-2,
+            l1=1e-4,
+            sparsify_after=0.6,
+            ramp=0.2,
+            elimination=eliminate,
+            tolerance=1e-12,  # a removal is judged by the relative growth alone
+            elimination_growth=1.15,
+            finetune_epochs=300,
+            pretrain_epochs=pretrain_epochs,
+            seed=seed,
+            device=device,
+            threads=threads,
+        ),
+        output=OutputConfig(plots=False, log_every=max(epochs // 100, 1)),
     )
-    return result.removed
 
 
-def _started_model(x, flux, params, *, seed: int, nested: bool) -> tuple[LSEICNN, torch.Tensor]:
-    """The LSE-ICNN with its normalisation, modes placed on the data's well candidates, and
-    (nested) the groups by phase: modes whose candidate has c > s_c/2 form the transformed
-    phase. Returns the model and the candidates ``(N, 7)``."""
-    low, high = x.min(0).values, x.max(0).values
-    shift, scale = (high + low) / 2, (high - low) / 2
-    first = torch.zeros(x.shape[1], dtype=x.dtype, device=x.device)
-    first[6] = 1.0  # the first candidate: the one with the smallest c (the reference phase)
-    centres = well_candidates(x, flux, N_MODES, scale=scale, shift=shift, first=first)
-    groups = (centres[:, 6] > 0.5 * params.s_c).long().tolist()
-    if not nested or len(set(groups)) < 2:
-        groups = None
-    model = LSEICNN(
-        7,
-        N_MODES,
-        HIDDEN,
-        input_names=mc.INPUT_NAMES,
-        rho=RHO,
-        groups=groups,
-        group_rho=GROUP_RHO,
-        generator=torch.Generator().manual_seed(seed),
-    ).to(x.device)
-    flux_std = flux.std(0)
-    # Energy scale such that a unit network gradient is a typical flux: ∂ψ/∂x = es·∂W/∂x_n / scale.
-    model.set_normalization(
-        input_shift=shift, input_scale=scale, energy_scale=float((flux_std * scale).mean())
-    )
-    model.place_modes(centres)
-    return model, centres
+def _columns(data, flux_weighting: float) -> dict:
+    """The engine's columns of a data-model sample: inputs, fluxes and the sample weight."""
+    flux = torch.cat([data.stress, data.mu[:, None]], dim=1)
+    weight = torch.ones(len(flux), dtype=flux.dtype)
+    if flux_weighting > 0:  # by the stress alone: μ is large across the chemical transition
+        weight = 1 / (1 + (data.stress / data.stress.std(0)).pow(2).sum(1) / flux_weighting)
+    names = [*mc.INPUT_NAMES, *FLUX_NAMES, "weight"]
+    return dict(zip(names, torch.cat([data.x, flux, weight[:, None]], dim=1).numpy().T))
 
 
 @torch.no_grad()
@@ -311,7 +340,7 @@ def evaluate_wells(model, params=None) -> dict:
     return {"wells": tables, "well_match": matches, "wells_found": found}
 
 
-def _save(model: LSEICNN, out: Path, summary: dict, params) -> None:
+def _save(model: LSEICNN, out: Path, summary: dict, params, config: TrainConfig) -> None:
     box = {name: list(bounds) for name, bounds in mc.training_box(params).items()}
     lse_material.save(
         model,
@@ -326,6 +355,8 @@ def _save(model: LSEICNN, out: Path, summary: dict, params) -> None:
             "epochs": summary["epochs"],
             "pretrain_epochs": summary["pretrain_epochs"],
             "seed": summary["seed"],
+            "flux_weighting": summary["flux_weighting"],
+            "engine_config": json.loads(json.dumps(asdict(config))),
         },
         metrics={
             key: summary[key]
