@@ -451,6 +451,21 @@ def test_bad_well_options_raise_naming_them(tmp_path, change, message):
         config_from_dict(base)
 
 
+def test_mechanochemical_example_is_the_verbs_config():
+    """``train data`` on the example reproduces ``train mechanochemical``: the same data, model
+    and fit tables (the file and the output options aside)."""
+    from lse_material.training.data import mechanochemical as mc
+    from lse_material.training.mechanochemical import mechanochemical_config
+
+    example = load_config(ROOT / "examples" / "mechanochemical_wells" / "run.toml")
+    verb = mechanochemical_config(
+        mc.parse_params(()), epochs=3000, pretrain_epochs=1000, seed=0, nested=True, eliminate=True
+    )
+    assert asdict(example.data) == {**asdict(verb.data), "file": example.data.file}
+    assert asdict(example.model) == asdict(verb.model)
+    assert asdict(example.fit) == asdict(verb.fit)
+
+
 def test_mechanochemical_example_config_trains_with_phase_groups(tmp_path):
     """The example's config on a small draw of the data model: the reference phase (c < 0.5)
     and the transformed one get separate groups, and the saved law keeps them."""

@@ -55,12 +55,13 @@ from lse_material.lse import LSEICNN
 __all__ = [
     "MechanochemicalTraining",
     "evaluate_wells",
+    "mechanochemical_columns",
     "mechanochemical_config",
     "train_mechanochemical",
 ]
 
 N_MODES, HIDDEN = 5, (10, 10)  # [paper]
-N_TRAIN_FRACTION = 0.8  # 80 / 20 split [paper]
+VALIDATION_FRACTION = 0.2  # 80 / 20 split [paper]
 RHO, GROUP_RHO = 0.1, 1.0  # start values of the outer ρ and the groups' ρ_g (network units) [ours]
 FLUX_WEIGHTING = 1.0  # the loss's relative-error scale a (``train_mechanochemical``) [ours]
 FLUX_NAMES = ("S11", "S22", "S33", "S23", "S13", "S12", "mu")
@@ -143,7 +144,7 @@ def train_mechanochemical(
         device=device,
         threads=threads,
     )
-    columns = _columns(data, flux_weighting)
+    columns = mechanochemical_columns(data, flux_weighting)
     source = f"mechanochemical data model: sample({samples}, seed={seed}), {params.__dict__}"
     rows = dataset_from_columns(config.data, columns, source=source)
     result = train(config, out=out, data=rows, overwrite=overwrite, resume=resume)
@@ -190,8 +191,9 @@ def mechanochemical_config(
     threads: int = 0,
 ) -> TrainConfig:
     """The protocol of this module as a ``training.engine`` config (the columns of
-    ``_columns``): modes on the data's well candidates, the first at the smallest c; nested:
-    the candidates with c > s_c/2 (the transformed phase) in their own group."""
+    ``mechanochemical_columns``): modes on the data's well candidates, the first at the
+    smallest c; nested: the candidates with c > s_c/2 (the transformed phase) in their own
+    group. ``examples/mechanochemical_wells/run.toml`` is the same config as a file."""
     inputs = tuple(mc.INPUT_NAMES)
     gradients = dict(zip(inputs, FLUX_NAMES))
     group = dict(group_input="c", group_threshold=0.5 * params.s_c) if nested else {}
@@ -201,7 +203,7 @@ def mechanochemical_config(
             inputs=inputs,
             gradients=gradients,
             weight="weight",
-            validation=1 - N_TRAIN_FRACTION,
+            validation=VALIDATION_FRACTION,
             split_seed=seed,
         ),
         model=ModelConfig(
@@ -234,8 +236,9 @@ def mechanochemical_config(
     )
 
 
-def _columns(data, flux_weighting: float) -> dict:
-    """The engine's columns of a data-model sample: inputs, fluxes and the sample weight."""
+def mechanochemical_columns(data, flux_weighting: float = FLUX_WEIGHTING) -> dict:
+    """The engine's columns of a data-model sample (``mc.sample``): ``{name: (n,)}`` for the
+    inputs (``mc.INPUT_NAMES``), the fluxes (``FLUX_NAMES``) and the sample ``weight``."""
     flux = torch.cat([data.stress, data.mu[:, None]], dim=1)
     weight = torch.ones(len(flux), dtype=flux.dtype)
     if flux_weighting > 0:  # by the stress alone: μ is large across the chemical transition

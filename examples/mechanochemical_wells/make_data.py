@@ -1,6 +1,7 @@
 """Write ``data.csv``: the mechanochemical data model (``training.data.mechanochemical``) as a
-user's data file: ``sample(2000, seed=0)``, inputs E11, E22, E33, 2E23, 2E13, 2E12, c and the
-gradients S11..S12 (Voigt stress) and mu (no energy column: Sobolev training).
+user's data file: ``sample(2000, seed=0)``, inputs E11, E22, E33, 2E23, 2E13, 2E12, c, the
+gradients S11..S12 (Voigt stress) and mu (no energy column: Sobolev training), and the sample
+weight of ``train mechanochemical`` (``mechanochemical_columns``).
 
     .venv/bin/python examples/mechanochemical_wells/make_data.py
 """
@@ -10,18 +11,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 from lse_material.training.data import mechanochemical as mc
+from lse_material.training.mechanochemical import mechanochemical_columns
 
 HERE = Path(__file__).resolve().parent
-GRADIENTS = ("S11", "S22", "S33", "S23", "S13", "S12", "mu")
 
 
 def main(path: Path = HERE / "data.csv", samples: int = 2000, seed: int = 0) -> Path:
-    data = mc.sample(samples, seed=seed)
-    table = torch.cat([data.x, data.stress, data.mu[:, None]], dim=1).numpy()
-    header = ",".join([*mc.INPUT_NAMES, *GRADIENTS])
-    np.savetxt(path, table, delimiter=",", header=header, comments="")
+    columns = mechanochemical_columns(mc.sample(samples, seed=seed))
+    table = np.stack(list(columns.values()), axis=1)
+    np.savetxt(path, table, delimiter=",", header=",".join(columns), comments="")
     return path
 
 
