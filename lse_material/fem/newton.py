@@ -179,15 +179,23 @@ class LawNewtonSolver:
         self._error: BaseException | None = None
         self.residual_norms: list[float] = []
         snes.setMonitor(lambda _snes, _it, norm: self.residual_norms.append(float(norm)))
+        self._objective_at = None
         if energy is not None:
             energy_form = dolfinx.fem.form(energy)
 
             def objective(_snes, x):
+                # PETSc asks again at the accepted point of the last line search: reuse it
+                current, known = x.getArray(readonly=True), self._objective_at
+                same = known is not None and np.array_equal(known[0], current)
+                if self.comm.allreduce(same, op=MPI.LAND):
+                    return known[1]
                 self._refresh(x)
                 x.ghostUpdate(addv=PETSc.InsertMode.INSERT, mode=PETSc.ScatterMode.FORWARD)
                 dolfinx.fem.petsc.assign(x, self.u)
                 local = dolfinx.fem.assemble_scalar(energy_form)
-                return self.comm.allreduce(local, op=MPI.SUM)
+                value = self.comm.allreduce(local, op=MPI.SUM)
+                self._objective_at = (current.copy(), value)
+                return value
 
             snes.setObjective(objective)
 
@@ -217,6 +225,7 @@ class LawNewtonSolver:
         """Run Newton from the current ``u``; ``u`` holds the result (also on failure: revert it yourself)."""
         self.residual_norms = []
         self._last_x, self._error = None, None
+        self._objective_at = None  # (x, energy) of the last objective call; a solve starts afresh
         t0 = time.perf_counter()
         try:
             with _options_in_database(self.petsc_options, self.prefix):
