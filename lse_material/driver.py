@@ -86,8 +86,12 @@ class DriveConvergenceError(ValueError):
     """Newton did not converge at a step, even after the allowed step cuts.
 
     A ValueError: the path cannot be followed as given (smaller steps, or a reachable flux,
-    fix it), and the CLI reports it in one line like other bad input.
+    fix it), and the CLI reports it in one line like other bad input. ``partial``: the
+    ``DriveResult`` of the points solved before the failing step (None before the first),
+    which ``drive`` still writes.
     """
+
+    partial: DriveResult | None = None
 
 
 def flux_name(name: str) -> str:
@@ -467,18 +471,27 @@ def drive_law(
     x, prev_flux = np.zeros(d), goal_flux[0]
     dts = np.diff(path.time, prepend=path.time[0] - (path.time[1] - path.time[0] if n > 1 else 1))
     for k in range(n):
-        s = _advance(
-            point, x, goal_x[k], goal_flux[k], prev_flux, free,
-            dt=float(dts[k]), options=options, max_cuts=max_cuts, step=k,
-        )  # fmt: skip
+        try:
+            s = _advance(
+                point, x, goal_x[k], goal_flux[k], prev_flux, free,
+                dt=float(dts[k]), options=options, max_cuts=max_cuts, step=k,
+            )  # fmt: skip
+        except DriveConvergenceError as error:
+            error.partial = _result(names, free, path.time[:k], rows, columns) if rows else None
+            raise
         x, prev_flux = s.x, goal_flux[k]
         rows.append((s, *_stability(s.evaluation.tangent, columns, directions)))
+    return _result(names, free, path.time, rows, columns)
+
+
+def _result(names, free, time: np.ndarray, rows: list[tuple], columns) -> DriveResult:
+    """The ``DriveResult`` of the solved points ``rows`` (step, eigenvalue, det, normal)."""
     energies = [r[0].evaluation.energy for r in rows]
     return DriveResult(
         input_names=names,
         flux_names=tuple(flux_name(m) for m in names),
         free=tuple(m for m, f in zip(names, free) if f),
-        time=path.time.copy(),
+        time=time.copy(),
         inputs=np.array([r[0].x for r in rows]),
         fluxes=np.array([r[0].evaluation.flux for r in rows]),
         energy=None if None in energies else np.array(energies),
@@ -708,7 +721,7 @@ def plot_response(result: DriveResult, file: str | Path) -> Path:
     ax.set_xlabel("prescribed input")
     ax.set_ylabel("flux")
     ax.set_title("response (dashed: unstable, x: min eigenvalue = 0)")
-    if ax.lines:
+    if any(not line.get_label().startswith("_") for line in ax.lines):
         ax.legend(fontsize=8)
     steps = np.arange(result.time.size)
     bx.plot(steps, result.min_eigenvalue, color="C0")
@@ -750,6 +763,12 @@ def _fixes(items: Sequence[str] | None) -> dict[str, float]:
     return out
 
 
+def _write_response(result: DriveResult, folder: Path, header: dict) -> None:
+    write_csv(result, folder / "response.csv")
+    write_json(folder / "response.json", header | result.to_json())
+    plot_response(result, folder / "response.png")
+
+
 def drive(
     model: str,
     *,
@@ -766,7 +785,8 @@ def drive(
 
     Writes ``OUT/response.csv`` and ``OUT/response.json`` (every input and flux per point,
     energy, smallest strain-tangent eigenvalue, minimum acoustic-tensor determinant and its
-    normal; the JSON also lists the sign changes) and ``OUT/response.png``.
+    normal; the JSON also lists the sign changes) and ``OUT/response.png``. When a step fails
+    (DriveConvergenceError), the points before it are written, the JSON with ``failed``.
 
     Parameters
     ----------
@@ -796,18 +816,23 @@ def drive(
     """
     law = _load_law(model)
     drive_path = parse_path(path, law.input_names, fix=_fixes(fix), dt=dt)
-    result = drive_law(
-        law,
-        drive_path,
-        tolerance=tolerance,
-        max_iterations=max_iterations,
-        max_cuts=max_cuts,
-        directions=directions,
-    )
     folder = Path(out)
-    write_csv(result, folder / "response.csv")
-    write_json(folder / "response.json", {"model": model, "path": path} | result.to_json())
-    plot_response(result, folder / "response.png")
+    try:
+        result = drive_law(
+            law,
+            drive_path,
+            tolerance=tolerance,
+            max_iterations=max_iterations,
+            max_cuts=max_cuts,
+            directions=directions,
+        )
+    except DriveConvergenceError as error:  # the points before the failure are written
+        if error.partial is not None:
+            _write_response(
+                error.partial, folder, {"model": model, "path": path, "failed": str(error)}
+            )
+        raise
+    _write_response(result, folder, {"model": model, "path": path})
     for change in result.sign_changes():
         print(
             f"{change['measure']} changes sign between points {change['step']} and "

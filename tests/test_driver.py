@@ -266,6 +266,26 @@ def test_unreachable_stress_names_the_step():
         drive_law(law, parse_path(_write(spec), NAMES), max_cuts=2, max_iterations=10)
 
 
+def test_a_failed_drive_writes_the_points_before_the_failure(tmp_path):
+    """One Newton iteration cannot reach the tolerance on a nonlinear step: the error names
+    the step, and the start point (solved) is written with the failure in the JSON."""
+    from lse_material.driver import drive
+
+    with pytest.raises(DriveConvergenceError, match=r"step 1: ") as caught:
+        drive(
+            "mechanochemical",
+            path="uniaxial-stress:E33=0:-0.1:4",
+            fix=["c=1"],
+            max_iterations=1,
+            max_cuts=0,
+            out=str(tmp_path),
+        )
+    assert caught.value.partial is not None and caught.value.partial.time.shape == (1,)
+    saved = json.loads((tmp_path / "response.json").read_text())
+    assert saved["failed"].startswith("step 1: ") and saved["E33"] == [0.0]
+    assert (tmp_path / "response.csv").is_file() and (tmp_path / "response.png").is_file()
+
+
 def test_cli_drive(tmp_path, capsys):
     from lse_material.cli import main
 
