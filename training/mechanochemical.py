@@ -108,8 +108,8 @@ def train_mechanochemical(
     nested
         nested LSE (a ρ_g for the transformed phase's variants); false: the paper's single ρ.
     eliminate
-        after the fit, try closing the least used modes (each kept closed when the loss grows
-        by at most 15 % after a 300-epoch fine-tune; at most two).
+        after the fit, try closing the least used modes, one at a time (each kept closed when
+        the loss grows by at most 15 % after a 300-epoch fine-tune).
     flux_weighting
         a > 0: each point's squared error weighted by 1/(1 + |S|²/a), |S| the norm of its
         normalised stress: the loss approaches a relative error near the strain wells, where
