@@ -191,7 +191,9 @@ def _plot(path: Path, levels: list[dict]) -> None:
     fig, axes = subplots(1, 2, size=(12, 4.2))
     axes = axes[0]
     styles = {"direct": "--", "iterative": "-"}
+    cases = list(dict.fromkeys(r["case"] for r in levels))
     for key in dict.fromkeys((r["case"], r["solver"], r["ranks"]) for r in levels):
+        color = f"C{(2 * cases.index(key[0]) + (key[2] > 1)) % 10}"  # a colour per case and ranks
         rows = sorted(
             (r for r in levels if (r["case"], r["solver"], r["ranks"]) == key and not r["failed"]),
             key=lambda r: r["dofs"],
@@ -201,12 +203,9 @@ def _plot(path: Path, levels: list[dict]) -> None:
         dofs = [r["dofs"] for r in rows]
         label = f"{key[0]} {key[1]} {key[2]} rank{'s' if key[2] > 1 else ''}"
         marker = "o" if key[2] == 1 else "s"
-        axes[0].semilogx(
-            dofs, [r["krylov_per_newton"] for r in rows], styles[key[1]], marker=marker, label=label
-        )
-        axes[1].loglog(
-            dofs, [r["seconds_per_step"] for r in rows], styles[key[1]], marker=marker, label=label
-        )
+        style = {"marker": marker, "color": color, "label": label}
+        axes[0].semilogx(dofs, [r["krylov_per_newton"] for r in rows], styles[key[1]], **style)
+        axes[1].loglog(dofs, [r["seconds_per_step"] for r in rows], styles[key[1]], **style)
     axes[0].set(xlabel="dofs", ylabel="Krylov iterations per Newton step")
     axes[1].set(xlabel="dofs", ylabel="seconds per step")
     axes[1].legend(fontsize=7)
