@@ -223,15 +223,7 @@ def simulate_metamaterial(
         checkpoint (same options and model file; any number of ranks) to the schedule's end.
     """
     comm = MPI.COMM_WORLD
-    if dim not in (2, 3):
-        raise ValueError(f"dim must be 2 or 3, got {dim}.")
-    if nx < 2 or ny < 1 or steps_per_cycle < 4 or steps_per_cycle % 2:
-        raise ValueError(
-            f"need nx >= 2, ny >= 1 and an even steps_per_cycle >= 4; got nx={nx}, ny={ny}, "
-            f"steps_per_cycle={steps_per_cycle}."
-        )
-    if not 0 <= imperfection < 1 or viscosity < 0 or not amplitudes:
-        raise ValueError("need 0 <= imperfection < 1, viscosity >= 0 and at least one amplitude.")
+    _check_options(dim, nx, ny, steps_per_cycle, imperfection, viscosity, amplitudes)
     user_options = parse_petsc_options(petsc)
     chosen = _load_law(model, reference)
     header = run_header(
@@ -260,9 +252,7 @@ def simulate_metamaterial(
         out, bar.domain, {"u": bar.u}, every=checkpoint_every, state_law=bar.law, header=header
     )
     if resume is not None:
-        read_functions(resume, bar.domain, {"u": bar.u})
-        read_state_law(resume, bar.law)
-        bar.u_n.x.array[:] = bar.u.x.array
+        _restore(resume, bar)
     loop_start = time.perf_counter()
     history, failures, cuts_used = _march(
         bar, schedule, chosen, viscosity, max_cuts, out, write_every, checkpoints, resume
@@ -272,6 +262,18 @@ def simulate_metamaterial(
 
     V = bar.u.function_space
     summary = dict(history)
+    parameters = {
+        "length": length,
+        "height": height,
+        "amplitudes": list(amplitudes),
+        "steps_per_cycle": steps_per_cycle,
+        "imperfection": imperfection,
+        "imperfection_at": 0.3 * length,
+        "imperfection_length": 0.2 * length,
+        "viscosity": viscosity,
+        "dt": chosen.dt,
+        "uniaxial_modulus": chosen.modulus,
+    }
     summary.update(
         law="reference" if reference else "model",
         model=None if model is None else str(model),
@@ -289,31 +291,39 @@ def simulate_metamaterial(
         solver=solver,
         petsc_options=bar.solver.petsc_options,
         krylov_per_newton=krylov_per_newton(history),
-        parameters={
-            "length": length,
-            "height": height,
-            "amplitudes": list(amplitudes),
-            "steps_per_cycle": steps_per_cycle,
-            "imperfection": imperfection,
-            "imperfection_at": 0.3 * length,
-            "imperfection_length": 0.2 * length,
-            "viscosity": viscosity,
-            "dt": chosen.dt,
-            "uniaxial_modulus": chosen.modulus,
-        },
+        parameters=parameters,
     )
     summary["restarted_from"] = (
         None if resume is None else {"run": str(restart), "step": resume.state["step"]}
     )
     summary.update(checkpoints.summary(summary["seconds_per_step"]))
-    other = None
-    if compare is not None:
-        other = json.loads((Path(compare) / "summary.json").read_text())
+    other = None if compare is None else json.loads((Path(compare) / "summary.json").read_text())
+    if other is not None:
         summary["force_difference_vs_compare"] = force_difference(summary, other)
     if comm.rank == 0:
         write_json(out / "summary.json", summary)
         _plots(out, summary, other)
     return MetamaterialBarResult(summary, out)
+
+
+def _restore(resume, bar) -> None:
+    """The bar's u and its law's committed state from the checkpoint ``resume``."""
+    read_functions(resume, bar.domain, {"u": bar.u})
+    read_state_law(resume, bar.law)
+    bar.u_n.x.array[:] = bar.u.x.array
+
+
+def _check_options(dim, nx, ny, steps_per_cycle, imperfection, viscosity, amplitudes) -> None:
+    """Raise ValueError for a bad size, schedule, imperfection or viscosity."""
+    if dim not in (2, 3):
+        raise ValueError(f"dim must be 2 or 3, got {dim}.")
+    if nx < 2 or ny < 1 or steps_per_cycle < 4 or steps_per_cycle % 2:
+        raise ValueError(
+            f"need nx >= 2, ny >= 1 and an even steps_per_cycle >= 4; got nx={nx}, ny={ny}, "
+            f"steps_per_cycle={steps_per_cycle}."
+        )
+    if not 0 <= imperfection < 1 or viscosity < 0 or not amplitudes:
+        raise ValueError("need 0 <= imperfection < 1, viscosity >= 0 and at least one amplitude.")
 
 
 def _march(
