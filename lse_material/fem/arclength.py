@@ -135,10 +135,7 @@ class ArcLengthSolver(LawNewtonSolver):
         "snes_atol": 1e-10,
         "snes_max_it": 15,
         "snes_newtonal_max_continuation_steps": 1,
-        "ksp_type": "preonly",
-        "pc_type": "lu",
-        "pc_factor_mat_solver_type": "mumps",
-    }
+    }  # the linear solver (MUMPS LU) is LawNewtonSolver's
 
     def __init__(
         self,
