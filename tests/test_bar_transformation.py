@@ -32,6 +32,9 @@ def test_analytic_bar_writes_the_path_through_a_limit_point(serial):
     # stable up to the first critical point, past it the path went on through unstable states
     assert (negative[:first] == 0).all() and negative[first:].max() >= 1
     assert force[first:].min() < 0.8 * summary["peak_force"]  # down the descending branch
+    # The issue: the first limit point within 30 steps, no failed step at the default size
+    # (mesh 40: 12 steps, 0 failed). At this CI mesh: 13 steps, 2 failed (retried).
+    assert summary["steps_to_first_limit"] <= 30 and summary["failed_steps_to_first_limit"] <= 2
     fractions = np.array(summary["variant_fractions"])  # (points, 3)
     assert fractions.shape == (n, 3) and np.allclose(fractions.sum(1), 1.0)
     assert fractions[0, 0] == 1.0  # the start: all in the variant contracted along x

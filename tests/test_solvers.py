@@ -98,6 +98,15 @@ def test_cases_record_the_solver_and_krylov_iterations(tmp_path):
     assert iterative["petsc_options"]["pc_type"] == "fieldsplit"
     assert len(iterative["krylov_iterations"]) == len(iterative["newton_iterations"])
     assert direct.summary["krylov_per_newton"] == 1.0
+    # Mesh independence, loosened from the ladder (coarsest -> finest <= 1.5x): one
+    # refinement may raise the Krylov count per Newton step by at most 1.5x.
+    finer = simulate_spinodal(
+        out=tmp_path / "si16", analytic=True, mesh=16, t_end=1e9, max_steps=2, solver="iterative"
+    ).summary
+    assert finer["krylov_per_newton"] <= 1.5 * iterative["krylov_per_newton"], (
+        finer["krylov_per_newton"],
+        iterative["krylov_per_newton"],
+    )
     assert np.allclose(iterative["energy"], direct.summary["energy"], rtol=1e-10, atol=0)
     bar = simulate_metamaterial(
         out=tmp_path / "bar",
