@@ -233,17 +233,151 @@ INLINE void mode_block(const Shape *s, const Work *work, int64_t H, const double
         }
     }
 }
+/* Entry (q, r) of Σ_n p_n (∇²W_n - ρ_n D_n D_nᵀ) over the block into acc: h holds the mode
+ * Hessians' upper triangles (pair qr), D the mode gradients less their mean, p the weights,
+ * rho_mode each mode's ρ. */
+INLINE void mode_sum_entry(double *acc, int64_t n_modes, int64_t k, int64_t q, int64_t r,
+                           int64_t qr, const double *D, const double *h, const double *pw,
+                           const double *rho_mode) {
+    const int64_t n_pairs = k * (k + 1) / 2;
+    for (int p = 0; p < BLOCK; p++) acc[p] = 0.0;
+    for (int64_t n = 0; n < n_modes; n++) {
+        const double *Dq = D + (n * k + q) * BLOCK, *Dr = D + (n * k + r) * BLOCK;
+        const double *hn = h + (n * n_pairs + qr) * BLOCK, *pn = pw + n * BLOCK;
+        const double rho_n = rho_mode[n];
+        for (int p = 0; p < BLOCK; p++) acc[p] += pn[p] * (hn[p] - rho_n * Dq[p] * Dr[p]);
+    }
+}
+
+/* The nested LSE (groups of modes, each with its own ρ_g) on one block, after mode_block:
+ * with l_n = log g_n - ρ_g(n) W_n, each group's inner minimum -ρ_g V_g = log Σ_{n∈g} exp l_n
+ * and weights p_n|g = exp(l_n + ρ_g V_g); across groups P_g = softmax_g(-ρ V_g),
+ * W = -(1/ρ) log Σ_g exp(-ρ V_g), p_n = P_g(n) p_n|g, ∇V_g = Σ_{n∈g} p_n|g ∇W_n,
+ * ∇W = Σ_n p_n ∇W_n and ∇²W = Σ_n p_n (∇²W_n - ρ_g(n) D_n D_nᵀ) - ρ Σ_g P_g E_g E_gᵀ with
+ * D_n = ∇W_n - ∇V_g(n), E_g = ∇V_g - ∇W (LSEICNN.derivatives, the torch reference). A group
+ * without an evaluated mode (all closed) has weight 0. In: W (mode energies), g (gradients),
+ * h (Hessian upper triangles), [mode][..][BLOCK]; W, g and pw are overwritten. Out: the first
+ * m points of energy, gradient (m × k), hessian (m × k × k, if wanted), phase (m × N). */
+typedef struct {
+    int64_t n_groups;
+    const int64_t *group;      /* (N,) the group of each evaluated mode */
+    const double *group_rho;   /* (G,) */
+    double *space;             /* G × (k + 3) × BLOCK */
+} Nested;
+
+INLINE void nested_mixture(const Nested *s, int64_t n_modes, int64_t k, int m,
+                           const double *log_gate, double rho, double energy_scale,
+                           double energy_shift, int want_hessian, double *W, double *g,
+                           const double *h, double *pw, double *energy, double *gradient,
+                           double *hessian, double *phase) {
+    const int64_t G = s->n_groups;
+    double *gv = s->space, *gtop = gv + G * k * BLOCK, *gsum = gtop + G * BLOCK;
+    double *pg = gsum + G * BLOCK;
+    int alive[MAX_MODES] = {0};
+    for (int64_t n = 0; n < n_modes; n++) alive[s->group[n]] = 1;
+    for (int64_t a = 0; a < G * BLOCK; a++) gtop[a] = -INFINITY, gsum[a] = 0.0;
+    for (int64_t n = 0; n < n_modes; n++) { /* logits and each group's top */
+        const double rho_g = s->group_rho[s->group[n]];
+        double *top = gtop + s->group[n] * BLOCK, *l = W + n * BLOCK;
+        for (int p = 0; p < BLOCK; p++) {
+            l[p] = log_gate[n] - rho_g * l[p];
+            top[p] = l[p] > top[p] ? l[p] : top[p];
+        }
+    }
+    for (int64_t n = 0; n < n_modes; n++) {
+        const double *top = gtop + s->group[n] * BLOCK;
+        double *sum = gsum + s->group[n] * BLOCK;
+        for (int p = 0; p < BLOCK; p++) {
+            pw[n * BLOCK + p] = exp_nonpositive(W[n * BLOCK + p] - top[p]);
+            sum[p] += pw[n * BLOCK + p];
+        }
+    }
+    /* outer: -ρ V_g = (ρ/ρ_g) (top_g + log sum_g), kept in gtop; P_g in pg */
+    double top[BLOCK], total[BLOCK];
+    for (int p = 0; p < BLOCK; p++) top[p] = -INFINITY, total[p] = 0.0;
+    for (int64_t c = 0; c < G; c++) {
+        if (!alive[c]) continue;
+        const double ratio = rho / s->group_rho[c];
+        double *outer = gtop + c * BLOCK;
+        for (int p = 0; p < BLOCK; p++) {
+            outer[p] = ratio * (outer[p] + log(gsum[c * BLOCK + p]));
+            top[p] = outer[p] > top[p] ? outer[p] : top[p];
+        }
+    }
+    for (int64_t c = 0; c < G; c++)
+        for (int p = 0; p < BLOCK; p++) {
+            pg[c * BLOCK + p] = alive[c] ? exp_nonpositive(gtop[c * BLOCK + p] - top[p]) : 0.0;
+            total[p] += pg[c * BLOCK + p];
+        }
+    for (int p = 0; p < m; p++)
+        energy[p] = energy_scale * (-(top[p] + log(total[p])) / rho) + energy_shift;
+    for (int p = 0; p < BLOCK; p++) total[p] = 1.0 / total[p];
+    for (int64_t c = 0; c < G; c++)
+        for (int p = 0; p < BLOCK; p++) pg[c * BLOCK + p] *= total[p];
+    /* pw: p_n|g, then (in W) p_n = P_g p_n|g */
+    for (int64_t n = 0; n < n_modes; n++) {
+        const double *sum = gsum + s->group[n] * BLOCK, *P = pg + s->group[n] * BLOCK;
+        for (int p = 0; p < BLOCK; p++) {
+            pw[n * BLOCK + p] /= sum[p];
+            W[n * BLOCK + p] = P[p] * pw[n * BLOCK + p];
+        }
+    }
+    for (int p = 0; p < m; p++)
+        for (int64_t n = 0; n < n_modes; n++) phase[p * n_modes + n] = W[n * BLOCK + p];
+    for (int64_t q = 0; q < k; q++) {
+        double mean[BLOCK];
+        for (int p = 0; p < BLOCK; p++) mean[p] = 0.0;
+        for (int64_t a = 0; a < G * BLOCK; a++) gv[q * G * BLOCK + a] = 0.0;
+        for (int64_t n = 0; n < n_modes; n++) {
+            const double *gq = g + (n * k + q) * BLOCK;
+            double *vq = gv + (q * G + s->group[n]) * BLOCK;
+            for (int p = 0; p < BLOCK; p++) {
+                mean[p] += W[n * BLOCK + p] * gq[p];
+                vq[p] += pw[n * BLOCK + p] * gq[p];
+            }
+        }
+        for (int p = 0; p < m; p++) gradient[p * k + q] = energy_scale * mean[p];
+        for (int64_t n = 0; n < n_modes; n++) { /* D_n = ∇W_n - ∇V_g(n) */
+            double *gq = g + (n * k + q) * BLOCK;
+            const double *vq = gv + (q * G + s->group[n]) * BLOCK;
+            for (int p = 0; p < BLOCK; p++) gq[p] -= vq[p];
+        }
+        for (int64_t c = 0; c < G; c++) /* E_g = ∇V_g - ∇W */
+            for (int p = 0; p < BLOCK; p++) gv[(q * G + c) * BLOCK + p] -= mean[p];
+    }
+    if (!want_hessian) return;
+    double rho_mode[MAX_MODES];
+    for (int64_t n = 0; n < n_modes; n++) rho_mode[n] = s->group_rho[s->group[n]];
+    int64_t qr = 0;
+    for (int64_t q = 0; q < k; q++)
+        for (int64_t r = q; r < k; r++, qr++) {
+            double acc[BLOCK];
+            mode_sum_entry(acc, n_modes, k, q, r, qr, g, h, W, rho_mode);
+            for (int64_t c = 0; c < G; c++) {
+                const double *Eq = gv + (q * G + c) * BLOCK, *Er = gv + (r * G + c) * BLOCK;
+                const double *P = pg + c * BLOCK;
+                for (int p = 0; p < BLOCK; p++) acc[p] -= rho * P[p] * Eq[p] * Er[p];
+            }
+            for (int p = 0; p < m; p++) {
+                hessian[(p * k + q) * k + r] = energy_scale * acc[p];
+                hessian[(p * k + r) * k + q] = energy_scale * acc[p];
+            }
+        }
+}
 
 CLONES
 int lse_icnn_derivatives(int64_t n_points, int64_t d, const double *x, int64_t k,
                          const int64_t *wrt, int64_t n_modes, int64_t n_layers,
                          const int64_t *width, int64_t mode_stride, const double *weights,
-                         const double *log_gate, double rho, double energy_scale,
+                         const double *log_gate, double rho, int64_t n_groups,
+                         const int64_t *group, const double *group_rho, double energy_scale,
                          double energy_shift, int64_t want_hessian, double *energy,
                          double *gradient, double *hessian, double *phase) {
     if (n_layers < 1 || n_layers > MAX_LAYERS || k < 1 || k > d || n_modes < 1 ||
-        n_modes > MAX_MODES)
+        n_modes > MAX_MODES || n_groups < 0 || n_groups > MAX_MODES)
         return -1;
+    for (int64_t n = 0; n < n_modes && n_groups > 0; n++)
+        if (group[n] < 0 || group[n] >= n_groups) return -1;
     int64_t H = 0;
     for (int64_t j = 0; j < n_layers; j++) {
         if (width[j] < 1) return -1;
@@ -258,10 +392,15 @@ int lse_icnn_derivatives(int64_t n_points, int64_t d, const double *x, int64_t k
     double *space = malloc(sizeof(double) * BLOCK * H * (3 * n_layers + 2 + n_layers * k));
     double *mean = malloc(sizeof(double) * k * BLOCK);
     double *pw = malloc(sizeof(double) * n_modes * BLOCK);
-    if (!W || !g || !h || !xb || !space || !mean || !pw) {
-        free(W), free(g), free(h), free(xb), free(space), free(mean), free(pw);
+    /* nested LSE only: per group its gradient ∇V_g (k × BLOCK), then top, sum, weight P_g */
+    double *gs = n_groups ? malloc(sizeof(double) * n_groups * (k + 3) * BLOCK) : NULL;
+    if (!W || !g || !h || !xb || !space || !mean || !pw || (n_groups && !gs)) {
+        free(W), free(g), free(h), free(xb), free(space), free(mean), free(pw), free(gs);
         return -2;
     }
+    const Nested nested = {n_groups, group, group_rho, gs};
+    double rho_mode[MAX_MODES]; /* the single ρ of every mode (nested: set per group) */
+    for (int64_t n = 0; n < n_modes; n++) rho_mode[n] = rho;
     const int64_t layer_block = n_layers * H * BLOCK;
     Work work = {space,
                  space + layer_block,
@@ -277,6 +416,13 @@ int lse_icnn_derivatives(int64_t n_points, int64_t d, const double *x, int64_t k
         for (int64_t n = 0; n < n_modes; n++)
             mode_block(&shape, &work, H, weights + n * mode_stride, xb, (int)want_hessian,
                        W + n * BLOCK, g + n * k * BLOCK, h + n * n_pairs * BLOCK);
+        if (n_groups) {
+            nested_mixture(&nested, n_modes, k, m, log_gate, rho, energy_scale, energy_shift,
+                           (int)want_hessian, W, g, h, pw, energy + start,
+                           gradient + start * k, want_hessian ? hessian + start * k * k : NULL,
+                           phase + start * n_modes);
+            continue;
+        }
         /* mixture, vectorised over the block: p_n = softmax_n(log g_n - ρ W_n),
          * W = -(1/ρ) log Σ_n exp(log g_n - ρ W_n), ∇W = Σ p_n ∇W_n,
          * ∇²W = Σ p_n (∇²W_n - ρ D_n D_nᵀ) with D_n = ∇W_n - ∇W. */
@@ -317,19 +463,13 @@ int lse_icnn_derivatives(int64_t n_points, int64_t d, const double *x, int64_t k
         for (int64_t q = 0; q < k; q++)
             for (int64_t r = q; r < k; r++, qr++) {
                 double acc[BLOCK];
-                for (int p = 0; p < BLOCK; p++) acc[p] = 0.0;
-                for (int64_t n = 0; n < n_modes; n++) {
-                    const double *Dq = g + (n * k + q) * BLOCK, *Dr = g + (n * k + r) * BLOCK;
-                    const double *hn = h + (n * n_pairs + qr) * BLOCK, *pn = pw + n * BLOCK;
-                    for (int p = 0; p < BLOCK; p++)
-                        acc[p] += pn[p] * (hn[p] - rho * Dq[p] * Dr[p]);
-                }
+                mode_sum_entry(acc, n_modes, k, q, r, qr, g, h, pw, rho_mode);
                 for (int p = 0; p < m; p++) {
                     hessian[((start + p) * k + q) * k + r] = energy_scale * acc[p];
                     hessian[((start + p) * k + r) * k + q] = energy_scale * acc[p];
                 }
             }
     }
-    free(W), free(g), free(h), free(xb), free(space), free(mean), free(pw);
+    free(W), free(g), free(h), free(xb), free(space), free(mean), free(pw), free(gs);
     return 0;
 }

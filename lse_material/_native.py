@@ -32,7 +32,7 @@ def _load():
         i64, ptr, dbl = ctypes.c_int64, ctypes.c_void_p, ctypes.c_double
         function.restype = ctypes.c_int
         function.argtypes = [i64, i64, ptr, i64, ptr, i64, i64, ptr, i64, ptr, ptr]
-        function.argtypes += [dbl, dbl, dbl, i64, ptr, ptr, ptr, ptr]
+        function.argtypes += [dbl, i64, ptr, ptr, dbl, dbl, i64, ptr, ptr, ptr, ptr]
         return function
     return None
 
@@ -63,7 +63,9 @@ class NativeWeights(NamedTuple):
     """The kernel's packed weights of the evaluated modes, in physical input units.
 
     packed ``(N, stride)``: per mode A_j (h_j × d), b_j, B_j (j ≥ 1), b_out, a_out, c (see
-    ``_kernel.c``); widths ``(L,)`` int64; log_gates ``(N,)``; rho, energy_scale, energy_shift.
+    ``_kernel.c``); widths ``(L,)`` int64; log_gates ``(N,)``; rho, energy_scale, energy_shift;
+    for a nested LSE, groups ``(N,)`` int64 (the group of each evaluated mode) and group_rho
+    ``(G,)`` (None for the single ρ).
     """
 
     packed: torch.Tensor
@@ -72,6 +74,8 @@ class NativeWeights(NamedTuple):
     rho: float
     energy_scale: float
     energy_shift: float
+    groups: torch.Tensor | None = None
+    group_rho: torch.Tensor | None = None
 
 
 class NativeResult(NamedTuple):
@@ -95,6 +99,7 @@ def derivatives(
     gradient = x.new_empty(n, k)
     hess = x.new_empty(n, k, k) if hessian else None
     phase = x.new_empty(n, n_modes)
+    nested = weights.groups
     status = _KERNEL(
         n,
         d,
@@ -108,6 +113,9 @@ def derivatives(
         weights.packed.data_ptr(),
         weights.log_gates.data_ptr(),
         weights.rho,
+        0 if nested is None else weights.group_rho.numel(),
+        None if nested is None else weights.groups.data_ptr(),
+        None if nested is None else weights.group_rho.data_ptr(),
         weights.energy_scale,
         weights.energy_shift,
         int(hessian),

@@ -354,8 +354,6 @@ class LSEICNN(nn.Module):
         """The fused kernel serves single float64 CPU models when no autograd graph is needed."""
         if self.ensemble_shape or x.device.type != "cpu" or x.dtype != torch.float64:
             return False
-        if self.groups is not None:  # the kernel implements the paper's single ρ
-            return False
         if len(self.modes.hidden) > _native.MAX_LAYERS or self.n_modes > _native.MAX_MODES:
             return False
         if torch.is_grad_enabled() and (
@@ -389,6 +387,8 @@ class LSEICNN(nn.Module):
         a_out = w.a_out / scale
         parts += [w.b_out, a_out, (w.c - a_out @ shift).unsqueeze(-1)]
         log_gates = self._log_gates() if index is None else self._log_gates()[index]
+        nested = self.groups is not None
+        group = self.mode_group if index is None else self.mode_group[index]
         return _native.NativeWeights(
             torch.cat(parts, dim=1).contiguous(),
             torch.tensor(self.modes.hidden, dtype=torch.int64),
@@ -396,6 +396,8 @@ class LSEICNN(nn.Module):
             float(self.rho()),
             float(self.energy_scale),
             float(self.energy_shift),
+            group.to(torch.int64).contiguous() if nested else None,
+            self.group_rho().contiguous() if nested else None,
         )
 
     # ----------------------------------------------------------------- model files

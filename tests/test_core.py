@@ -199,6 +199,32 @@ def test_fused_kernel_equals_autograd_and_the_torch_path(hidden, wrt):
     assert fused.hessian is not None and torch.equal(fused.hessian, fused.hessian.mT)
 
 
+@pytest.mark.parametrize("wrt", [None, [3, 0, 2]])
+def test_fused_kernel_computes_the_nested_lse_as_the_torch_path(wrt):
+    """Groups with their own ρ_g in the kernel: energy, gradient, Hessian and phase weights equal
+    the torch path's; a group whose modes are all closed (group 2) has weight exactly 0."""
+    model = random_model(d=4, n=6, hidden=(6, 5), groups=[0, 1, 1, 0, 2, 1], group_rho=3.0)
+    with torch.no_grad():
+        model.group_rho_raw.add_(torch.tensor([0.4, -0.3, 0.0], dtype=torch.float64))
+        model.gate_weights[4] = 0.0  # the only mode of group 2: an empty group
+    model.set_normalization(input_shift=0.1, input_scale=1.5, energy_shift=0.3, energy_scale=2.0)
+    model.requires_grad_(False)
+    x = torch.randn(77, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    assert model._native_applies(x)
+    fused = model.derivatives(x, wrt=wrt)
+    energy_only = model.derivatives(x, wrt=wrt, hessian=False)
+    with _native.switched_off():
+        reference = model.derivatives(x, wrt=wrt)
+    tol = 100 * torch.finfo(torch.float64).eps
+    torch.testing.assert_close(fused.energy, reference.energy, rtol=tol, atol=tol)
+    torch.testing.assert_close(fused.gradient, reference.gradient, rtol=tol, atol=tol)
+    torch.testing.assert_close(fused.hessian, reference.hessian, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(fused.phase_weights, reference.phase_weights, rtol=0, atol=1e-14)
+    assert torch.equal(energy_only.gradient, fused.gradient) and energy_only.hessian is None
+    assert float(fused.phase_weights[:, 4].abs().max()) == 0.0
+    assert torch.equal(fused.hessian, fused.hessian.mT)
+
+
 def test_fused_kernel_on_one_point_and_on_none():
     model = random_model().requires_grad_(False)
     one = model.derivatives(torch.zeros(1, 3, dtype=torch.float64))
