@@ -490,3 +490,48 @@ def test_mechanochemical_example_config_trains_with_phase_groups(tmp_path):
     assert groups[0] == 0 and set(groups) == {0, 1}, groups  # first: the smallest c
     assert np.isfinite(result.summary["pretrain_loss"])
     assert lse_material.load(tmp_path / "run" / "model.safetensors").groups == tuple(groups)
+
+
+# ----------------------------------------------------------------------------- 1-D study options
+
+
+def test_range_normalization_makes_the_energy_loss_rmse_over_range_squared(tmp_path):
+    """``energy_normalization = "range"``: ψ shifted by its minimum, scaled by its range, and
+    the energy loss of any model is (RMSE / range)² on the training rows."""
+    from lse_material.training.engine import _new_model, _problem
+
+    file = write_csv(tmp_path / "d.csv", HEADER, double_well_rows(40))
+    config = config_from_dict(tiny_config(file, gradients={}, energy_normalization="range"))
+    data = load_data(config.data)
+    split = split_rows(data, config.data)
+    problem = _problem(data, split, config.data, "cpu")
+    psi = data.energy[split.train]
+    value_range = float(psi.max() - psi.min())
+    assert problem.energy_shift == float(psi.min()) and problem.energy_scale == value_range
+    model, _ = _new_model(config, problem, "cpu")
+    with torch.no_grad():
+        loss = problem.loss(model, problem.train)
+        mse = (model(problem.train.x) - psi).pow(2).mean(-1)
+    torch.testing.assert_close(loss, mse / value_range**2, rtol=1e-12, atol=0)
+    with pytest.raises(DataError, match=r"energy_normalization must be one of \['std', 'range'\]"):
+        config_from_dict(tiny_config(file, energy_normalization="minmax"))
+
+
+def test_polish_learning_rate_defaults_to_the_fit_one(tmp_path):
+    """polish_lr_network = 0 polishes with lr_network (the same weights as naming it); another
+    value changes them. TrainResult.ensemble holds every seed, the saved model is its best."""
+    file = write_csv(tmp_path / "d.csv", HEADER, double_well_rows(40))
+    runs = {}
+    for lr in (0.0, 3e-3, 1e-3):
+        config = tiny_config(file)
+        config["fit"] = {**config["fit"], "polish_epochs": 20, "polish_lr_network": lr}
+        runs[lr] = train(config_from_dict(config), out=tmp_path / str(lr))
+    x = torch.linspace(-1.5, 1.5, 7, dtype=torch.float64)[:, None].repeat(1, 2)
+    energy = {lr: run.ensemble(x).detach() for lr, run in runs.items()}
+    assert torch.equal(energy[0.0], energy[3e-3])  # lr_network = 3e-3 by default
+    assert not torch.allclose(energy[0.0], energy[1e-3], rtol=1e-6, atol=0)
+    best = runs[0.0].summary["best_seed"]
+    torch.testing.assert_close(runs[0.0].model(x), energy[0.0][best], rtol=1e-12, atol=0)
+    assert len(runs[0.0].history.epoch) == len(runs[0.0].history.loss) > 1
+    with pytest.raises(ConfigError, match="fit.polish_lr_network must be >= 0"):
+        config_from_dict({**tiny_config(file), "fit": {"polish_lr_network": -1.0}})

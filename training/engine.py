@@ -11,12 +11,13 @@ any key) drives ``train``:
    (``mean_k std(∂ψ/∂x_k)·scale_k``; with energy targets only, ``std(ψ)``); energy targets are
    shifted by their mean. Loss terms are normalised by each target's standard deviation:
    ``energy_weight·mean(w·r_ψ²) + gradient_weight·mean(w·mean_k r_k²)`` (w: sample weights,
-   mean 1), i.e. ≈ 1 - R² per term;
+   mean 1), i.e. ≈ 1 - R² per term. ``data.energy_normalization = "range"`` puts the energy's
+   range (max - min) for std(ψ) and its minimum for the mean (ψ in [0, 1]);
 3. all seeds as ONE batched ensemble (``LSEICNN(..., ensemble=seeds)``): modes spread over the
    data, ``fit`` (Adam, two groups, proximal L1 after a warm-up), ``fold_gates``, optionally the
    greedy elimination (a removal is kept when the training loss after the fine-tune is
    ``<= tolerance`` or ``<= elimination_growth×`` the loss before, 1.21 by default [ours]),
-   optionally a polish without L1;
+   optionally a polish without L1 (``fit.polish_lr_network``: its network learning rate);
 4. the member with the smallest validation loss is saved (``model.safetensors`` with the
    training box of the data, input names and units, metrics, the config and the data file's
    SHA-256); every seed's validation loss, active modes, ρ and minima (``lse_material.wells``)
@@ -158,7 +159,8 @@ class FitConfig:
     early_stopping: patience in epochs after the L1 ramp (0: off). elimination: run the greedy
     elimination; tolerance: the normalised training loss a removal may reach; finetune_epochs:
     per elimination round; elimination_growth: the factor by which a removal may raise the
-    training loss and still be kept (1.21 [ours]). polish_epochs: a final fit without L1 (0: none). pretrain_epochs:
+    training loss and still be kept (1.21 [ours]). polish_epochs: a final fit without L1 (0: none);
+    polish_lr_network: its network learning rate (0: lr_network). pretrain_epochs:
     before the fit, each mode alone fitted to the fluxes of its candidate's Voronoi region,
     then the modes' constants matched (``training.mode_init``; needs model.init = "wells" and
     seeds = 1; 0: none). seeds: ensemble
@@ -177,6 +179,7 @@ class FitConfig:
     finetune_epochs: int = 500
     elimination_growth: float = 1.21
     polish_epochs: int = 0
+    polish_lr_network: float = 0.0
     pretrain_epochs: int = 0
     seeds: int = 1
     seed: int = 0
@@ -189,6 +192,7 @@ class FitConfig:
             "early_stopping",
             "finetune_epochs",
             "polish_epochs",
+            "polish_lr_network",
             "pretrain_epochs",
             "threads",
         ):
@@ -271,11 +275,14 @@ class TrainConfig:
 
 
 class TrainResult(NamedTuple):
-    """summary: what ``summary.json`` holds; model: the saved (best) member; out: the folder."""
+    """summary: what ``summary.json`` holds; model: the saved (best) member; out: the folder;
+    ensemble: all seeds (``ensemble=fit.seeds``, on the CPU); history: the L1 fit's record."""
 
     summary: dict
     model: LSEICNN
     out: Path
+    ensemble: LSEICNN
+    history: FitResult
 
 
 # --------------------------------------------------------------------------- config
@@ -399,7 +406,7 @@ class _Problem:
     scale: torch.Tensor  # (d,)
     energy_shift: float
     energy_scale: float
-    energy_std: float
+    energy_std: float  # the energy loss term's normaliser: std(ψ), or its range
     gradient_std: torch.Tensor | None  # (k,)
     energy_weight: float
     gradient_weight: float
@@ -435,7 +442,12 @@ def _problem(data: Dataset, split: Split, config: DataConfig, device) -> _Proble
             f"({float(low[j])}): zero normalisation scale. Drop it or use another split."
         )
     shift, scale = (high + low) / 2, (high - low) / 2
-    energy_std = float(data.energy[tr].std()) if data.energy is not None else 1.0
+    energy_shift, energy_std = 0.0, 1.0
+    if data.energy is not None:
+        e = data.energy[tr]
+        by_range = config.energy_normalization == "range"
+        energy_shift = float(e.min() if by_range else e.mean())
+        energy_std = float(e.max() - e.min() if by_range else e.std())
     gradient_std = None if data.gradient is None else data.gradient[tr].std(0)
     for name, std in ([(config.energy, energy_std)] if data.energy is not None else []) + list(
         zip(config.gradients.values(), [] if gradient_std is None else gradient_std.tolist())
@@ -466,7 +478,7 @@ def _problem(data: Dataset, split: Split, config: DataConfig, device) -> _Proble
         wrt=wrt,
         shift=shift,
         scale=scale,
-        energy_shift=float(data.energy[tr].mean()) if data.energy is not None else 0.0,
+        energy_shift=energy_shift,
         energy_scale=energy_scale,
         energy_std=energy_std,
         gradient_std=None if gradient_std is None else gradient_std.to(device),
@@ -676,7 +688,12 @@ def _run_phases(model: LSEICNN, problem: _Problem, config: TrainConfig, out: Pat
         fit(
             model,
             train_loss,
-            f.options(epochs=f.polish_epochs, l1=0.0, log_every=f.polish_epochs),
+            f.options(
+                epochs=f.polish_epochs,
+                lr_network=f.polish_lr_network or f.lr_network,
+                l1=0.0,
+                log_every=f.polish_epochs,
+            ),
             description="polish",
         )
     return _Phases(history, monitor.state, removed, rounds, fit_seconds, time.perf_counter() - t0)
@@ -871,7 +888,7 @@ def train(
     if config.output.plots:
         _plots(out, single, cpu_problem, config.data, phases)
         plot_wells(wells, single, out / "wells.png")
-    return TrainResult(summary, single, out)
+    return TrainResult(summary, single, out, model.cpu(), phases.history)
 
 
 # --------------------------------------------------------------------------- figures
