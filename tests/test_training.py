@@ -156,3 +156,18 @@ def test_cli_fit_1d_and_inspect(tmp_path, capsys):
     assert main(["inspect", str(out / "minmix.safetensors")]) == 0
     assert "inputs (column order)" in capsys.readouterr().out
     assert main(["fit-1d", "--function", "quartic", "--seeds", "0", "--out", str(out)]) == 2
+
+
+def test_fit_1d_resumes_from_the_engine_checkpoints(tmp_path):
+    """--resume continues each function's engine run from its checkpoint (the run is not
+    started afresh): resuming a finished study ends with the same seeds, well counts and fits;
+    with no checkpoint it refuses."""
+    options = dict(function="quartic", seeds=2, epochs=40, finetune_epochs=5, polish_epochs=5)
+    with pytest.raises(ValueError, match="--resume: .* holds no checkpoint"):
+        fit_1d(out=tmp_path, resume=True, plots=False, **options)
+    first = fit_1d(out=tmp_path, plots=False, **options).summary["functions"]["quartic"]
+    started = (tmp_path / "quartic" / "config.json").stat().st_mtime_ns
+    again = fit_1d(out=tmp_path, plots=False, resume=True, **options).summary["functions"]
+    assert (tmp_path / "quartic" / "config.json").stat().st_mtime_ns == started  # not restarted
+    for key in ("active_modes", "rmse_relative", "best_seed", "rho", "elimination_rounds"):
+        assert again["quartic"][key] == first[key], key

@@ -216,8 +216,9 @@ def fit_1d(
     plots
         write the PNG figures.
     resume
-        continue each function's engine run in out/<function>/ from its checkpoint (same
-        options); without it, runs there are replaced.
+        continue the study in out from its checkpoints (same options): each function's engine
+        run in out/<function>/ that has one resumes, the others start; without it, runs there
+        are replaced.
     """
     names = sorted(FUNCTIONS) if function == "all" else [function]
     if any(n not in FUNCTIONS for n in names):
@@ -234,8 +235,11 @@ def fit_1d(
         device=device,
         threads=threads,
     )
+    resumed = [name for name in names if resume and (out / name / "checkpoint.pt").is_file()]
+    if resume and not resumed:
+        raise ValueError(f"--resume: {out} holds no checkpoint of a fit-1d run; start without it.")
     t0 = time.perf_counter()
-    runs = {name: _train_function(name, config, out, resume=resume) for name in names}
+    runs = {name: _train_function(name, config, out, resume=name in resumed) for name in names}
     seconds = time.perf_counter() - t0
     evaluations = {name: _evaluate(name, run, out) for name, run in runs.items()}
     rounds = {name: run.summary["elimination"]["rounds"] for name, run in runs.items()}
