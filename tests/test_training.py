@@ -156,6 +156,8 @@ def test_cli_fit_1d_and_inspect(tmp_path, capsys):
     assert main(["inspect", str(out / "minmix.safetensors")]) == 0
     assert "inputs (column order)" in capsys.readouterr().out
     assert main(["fit-1d", "--function", "quartic", "--seeds", "0", "--out", str(out)]) == 2
+    assert main(["fit-1d", "--tolerance", "-0.01", "--out", str(out)]) == 2
+    assert "tolerance is a fraction of the range, > 0; got -0.01" in capsys.readouterr().err
 
 
 def test_fit_1d_resumes_from_the_engine_checkpoints(tmp_path):

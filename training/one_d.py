@@ -76,7 +76,9 @@ def one_d_config(
 ) -> TrainConfig:
     """The protocol of this module as a ``training.engine`` config for the columns of
     ``one_d_columns`` (input ``x``, energy ``f``); ``tolerance``: the RMSE a mode removal may
-    reach, as a fraction of the function's range."""
+    reach, as a fraction of the function's range (> 0)."""
+    if not tolerance > 0:
+        raise ValueError(f"tolerance is a fraction of the range, > 0; got {tolerance}.")
     return TrainConfig(
         data=DataConfig(
             file="",
