@@ -28,7 +28,14 @@ from lse_material.fem._dolfinx import dolfinx
 from lse_material.fem.protocol import check_laws
 from lse_material.fem.solvers import SolverPreset
 
-__all__ = ["CutSolve", "LawNewtonSolver", "NewtonResult", "convergence_orders", "solve_with_cuts"]
+__all__ = [
+    "CutSolve",
+    "LawNewtonSolver",
+    "NewtonResult",
+    "SolveTimings",
+    "convergence_orders",
+    "solve_with_cuts",
+]
 
 
 def convergence_orders(residual_norms: Sequence[float]) -> list[float]:
@@ -46,11 +53,23 @@ def convergence_orders(residual_norms: Sequence[float]) -> list[float]:
     return orders
 
 
+class SolveTimings(NamedTuple):
+    """Wall seconds of one solve by part, summed over its iterations: law_update (the laws'
+    ``update()``), residual_assembly and jacobian_assembly (DOLFINx, coefficient packing
+    included), other (the rest of the solve: the linear solves, the line search, PETSc)."""
+
+    law_update: float
+    residual_assembly: float
+    jacobian_assembly: float
+    other: float
+
+
 class NewtonResult(NamedTuple):
     """converged; iterations; residual_norms (‖F‖ per iteration, from iteration 0); reason
     (SNES converged reason, > 0 converged); seconds (wall time of the solve);
     linear_iterations (Krylov iterations summed over the Newton iterations; a direct solve,
-    ``preonly``, counts 1 per Newton iteration)."""
+    ``preonly``, counts 1 per Newton iteration); timings (``SolveTimings``, the seconds by
+    part)."""
 
     converged: bool
     iterations: int
@@ -58,6 +77,7 @@ class NewtonResult(NamedTuple):
     reason: int
     seconds: float
     linear_iterations: int = 0
+    timings: SolveTimings | None = None
 
     @property
     def krylov_per_newton(self) -> float:
@@ -167,16 +187,19 @@ class LawNewtonSolver:
 
         def function(snes_, x, b_):
             self._refresh(x)
-            assemble_f(snes_, x, b_, *f_args, **f_kwargs)
+            with self._timed("residual_assembly"):
+                assemble_f(snes_, x, b_, *f_args, **f_kwargs)
 
         def jacobian(snes_, x, A_, P_):
             self._refresh(x)
-            assemble_j(snes_, x, A_, P_, *j_args, **j_kwargs)
+            with self._timed("jacobian_assembly"):
+                assemble_j(snes_, x, A_, P_, *j_args, **j_kwargs)
 
         snes.setFunction(function, b)
         snes.setJacobian(jacobian, A, P)
         self._last_x: np.ndarray | None = None
         self._error: BaseException | None = None
+        self._seconds = dict.fromkeys(SolveTimings._fields[:3], 0.0)
         self.residual_norms: list[float] = []
         snes.setMonitor(lambda _snes, _it, norm: self.residual_norms.append(float(norm)))
         self._objective_at = None
@@ -203,6 +226,15 @@ class LawNewtonSolver:
     def comm(self):
         return self.problem.A.comm.tompi4py()
 
+    @contextlib.contextmanager
+    def _timed(self, part: str):
+        """Add the wall time of the block to ``part`` of this solve's timings."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._seconds[part] += time.perf_counter() - t0
+
     def _refresh(self, x) -> None:
         """Copy x into u and update the laws, unless x is the iterate of the last update."""
         try:
@@ -215,7 +247,8 @@ class LawNewtonSolver:
             for function in self.u if isinstance(self.u, Sequence) else [self.u]:
                 function.x.scatter_forward()
             for law in self.laws:  # the training box: checked on the converged state only
-                law.update(check_box=False)
+                with self._timed("law_update"):
+                    law.update(check_box=False)
             self._last_x = current.copy()
         except Exception as error:  # handed to solve(), which re-raises it as itself
             self._error = error
@@ -226,6 +259,7 @@ class LawNewtonSolver:
         self.residual_norms = []
         self._last_x, self._error = None, None
         self._objective_at = None  # (x, energy) of the last objective call; a solve starts afresh
+        self._seconds = dict.fromkeys(self._seconds, 0.0)
         t0 = time.perf_counter()
         try:
             with _options_in_database(self.petsc_options, self.prefix):
@@ -235,6 +269,7 @@ class LawNewtonSolver:
                 raise self._error from petsc_error
             raise
         seconds = time.perf_counter() - t0
+        timings = SolveTimings(**self._seconds, other=seconds - sum(self._seconds.values()))
         snes = self.problem.solver
         reason = snes.getConvergedReason()
         if reason > 0:  # trial iterates may wander outside the training box; the result may not
@@ -248,6 +283,7 @@ class LawNewtonSolver:
             reason,
             seconds,
             snes.getLinearSolveIterations(),
+            timings,
         )
 
 

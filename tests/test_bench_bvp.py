@@ -1,0 +1,49 @@
+"""``lse-material bench bvp``: paired law/UFL solves, the median ratio, the time by part.
+
+Speed is the benchmark's business; the test holds its JSON to what it claims: a ratio that is
+the median of the pairs, per-part seconds that add up to the time per iteration (the law's
+update counted only where there is a law), and solves that converged.
+"""
+
+import json
+
+import numpy as np
+import torch
+from lse_material.fem_cases.benchmarks import bench_bvp
+from lse_material.fem_cases.verification import solve_block
+from lse_material.training.data import mechanochemical as mc
+
+import lse_material
+from lse_material.lse import LSEICNN
+
+
+def test_newton_timings_add_up_and_count_the_law_only_with_a_law():
+    law = solve_block(mc.potential(), mesh_n=2, dim=2).newton
+    reference = solve_block(None, mesh_n=2, dim=2).newton
+    for result, with_law in ((law, True), (reference, False)):
+        parts = result.timings
+        assert result.converged and min(parts) >= 0
+        assert np.isclose(sum(parts), result.seconds, rtol=1e-12, atol=1e-12)
+        assert (parts.law_update > 0) == with_law
+        assert parts.residual_assembly > 0 and parts.jacobian_assembly > 0
+
+
+def test_bench_bvp_reports_the_median_of_paired_ratios_and_the_parts(tmp_path):
+    model = LSEICNN(
+        7, 1, (8,), input_names=mc.INPUT_NAMES, generator=torch.Generator().manual_seed(0)
+    )
+    model.set_normalization(input_shift=0.0, input_scale=0.1)
+    model.place_modes(torch.zeros(1, 7, dtype=torch.float64))  # one convex bowl about E = 0
+    path = lse_material.save(model, tmp_path / "m.safetensors")
+    result = bench_bvp(model=str(path), out=str(tmp_path / "bench"), mesh=2, repeats=3)
+    assert json.loads((tmp_path / "bench" / "summary.json").read_text())["repeats"] == 3
+    pairs = result["newton_iteration_ratio_pairs"]
+    assert len(pairs) == 3 and result["newton_iteration_ratio_law_over_ufl"] == np.median(pairs)
+    for form in ("law", "ufl"):
+        summary = result[form]
+        assert summary["seconds_per_iteration"] == np.median(summary["seconds_per_iteration_runs"])
+        parts = summary["seconds_per_iteration_by_part"]
+        assert np.isclose(sum(parts.values()), summary["seconds_per_iteration"], rtol=1e-12)
+        assert (parts["law_update"] > 0) == (form == "law")
+        assert summary["residual_norms"][-1] < 1e-8 * summary["residual_norms"][0]
+    assert result["live_inputs"] == ["E11", "E22", "2E12"]  # plane strain; c marked fixed
