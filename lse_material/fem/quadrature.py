@@ -16,8 +16,9 @@ Inputs are of three kinds:
 owns (``lse_material.fem.points.QuadraturePoints``), converts them in one adapter
 (``inputs_to_tensor``) to a contiguous float64 tensor, calls the potential once on all points
 (chunked, on ``device``, derivatives with respect to the live inputs only) and fills quadrature
-Functions ``x0 (d)`` (all inputs), ``psi0``, ``s = ∂ψ/∂x_live (k)``, ``H = ∂²ψ/∂x_live² (k×k)``.
-The UFL energy density
+Functions ``x0 (d)`` (all inputs), ``psi0``, ``s = ∂ψ/∂x_live (k)`` and ``H_upper``, the upper
+triangle of ``H = ∂²ψ/∂x_live²`` row by row (k(k+1)/2: the forms read H, symmetric, from it;
+``law.H`` is H as a (k×k) Function, filled when read). The UFL energy density
 
     ψ_T(x) = ψ0 + s·(x_live - x0_live) + ½ (x_live - x0_live)ᵀ H (x_live - x0_live)
 
@@ -204,7 +205,9 @@ class QuadratureLaw:
         )
         self.x0 = self.quadrature.function((d,), "law_inputs")
         self.s = self.quadrature.function((k,), "law_gradient")
-        self.H = self.quadrature.function((k, k), "law_hessian")
+        self._upper = np.triu_indices(k)  # H's upper triangle, row by row
+        self.H_upper = self.quadrature.function((self._upper[0].size,), "law_hessian_upper")
+        self._H, self._H_evaluation = None, -1  # the (k, k) Function, filled when read
         self.psi0 = self.quadrature.function((), "law_energy")
         self.min_eigenvalue = self.quadrature.function((), "min_tangent_eigenvalue")
         n_modes = getattr(potential, "n_modes", None)
@@ -212,7 +215,8 @@ class QuadratureLaw:
             None if n_modes is None else self.quadrature.function((n_modes,), "phase_weights")
         )
         self._box = self._training_box(getattr(potential, "training_box", None), box_tolerance)
-        self._box_stats: np.ndarray | None = None  # local statistics of the last update
+        self._box_values: np.ndarray | None = None  # the inputs (n, d) of the last update
+        self._box_stats: np.ndarray | None = None  # their local statistics, once asked for
         self.evaluations = 0
         self._hessian = None
         self._warned_fraction = 0.0
@@ -239,10 +243,32 @@ class QuadratureLaw:
         """Quadrature points on the cells this rank owns (0 on a rank without cells)."""
         return self.quadrature.n_points
 
+    @property
+    def H(self) -> dolfinx.fem.Function:
+        """``H = ∂²ψ/∂x_live²`` at the points as a ``(k, k)`` quadrature Function, filled from
+        the last update when read (the forms read ``H_upper``; zero before any update)."""
+        if self._H is None:
+            k = len(self.live)
+            self._H = self.quadrature.function((k, k), "law_hessian")
+        if self._hessian is not None and self._H_evaluation != self.evaluations:
+            self.quadrature.fill(self._H, self._hessian.numpy())
+            self._H_evaluation = self.evaluations
+        return self._H
+
     def energy_density(self) -> ufl.core.expr.Expr:
-        """The Taylor surrogate ψ_T(inputs) as a UFL scalar (see the module docstring)."""
+        """The Taylor surrogate ψ_T(inputs) as a UFL scalar (see the module docstring).
+
+        H enters as its k(k+1)/2 stored entries (``H_upper``): FFCx reads every component of a
+        quadrature coefficient with a sum over the cell's points (an identity table), so
+        reading the symmetric half costs the assembly about half as much as the full H.
+        """
+        k = len(self.live)
+        entry = {}
+        for n, (i, j) in enumerate(zip(*self._upper)):
+            entry[i, j] = entry[j, i] = self.H_upper[n]
+        H = ufl.as_matrix([[entry[i, j] for j in range(k)] for i in range(k)])
         dxi = self._live_inputs - ufl.as_vector([self.x0[i] for i in self.live])
-        return self.psi0 + ufl.dot(self.s, dxi) + 0.5 * ufl.dot(dxi, ufl.dot(self.H, dxi))
+        return self.psi0 + ufl.dot(self.s, dxi) + 0.5 * ufl.dot(dxi, ufl.dot(H, dxi))
 
     # ----------------------------------------------------------------- evaluation
     def _input_values(self) -> np.ndarray:
@@ -262,7 +288,7 @@ class QuadratureLaw:
 
         Collective. Raises ValueError on every rank if any rank has non-finite inputs or
         outputs, naming the inputs and cells (the Functions are then left as they were).
-        Records the training-box statistics and, with ``check_box``, calls
+        Keeps the inputs for the training-box statistics and, with ``check_box``, calls
         ``check_training_box()``.
         """
         values = self._input_values()
@@ -287,7 +313,7 @@ class QuadratureLaw:
             (self.x0, values),
             (self.psi0, energy),
             (self.s, grad),
-            (self.H, hess),
+            (self.H_upper, hess.numpy()[:, self._upper[0], self._upper[1]]),
         ):
             self.quadrature.fill(function, np.asarray(data))
         self._hessian = hess
@@ -297,8 +323,8 @@ class QuadratureLaw:
                 shape = (weights.shape[1],) if weights.ndim == 2 else ()
                 self.phase_weights = self.quadrature.function(shape, "phase_weights")
             self.quadrature.fill(self.phase_weights, weights)
-        if self._box is not None:
-            self._box_stats = self._local_box_statistics(values)
+        if self._box is not None:  # statistics computed when asked for (not in every Newton step)
+            self._box_values, self._box_stats = values, None
             if check_box:
                 self.check_training_box()
         self.evaluations += 1
@@ -361,6 +387,8 @@ class QuadratureLaw:
     def _global_box_statistics(self):
         """Collective: (outside, total, per-input outside counts, mins, maxs) over all ranks."""
         d = self.input_dim
+        if self._box_stats is None and self._box_values is not None:
+            self._box_stats = self._local_box_statistics(self._box_values)
         local = self._box_stats if self._box_stats is not None else np.zeros(2 + 3 * d)
         comm = self.mesh.comm
         counts, mins, maxs = np.empty(2 + d), np.empty(d), np.empty(d)
