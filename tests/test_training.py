@@ -173,3 +173,19 @@ def test_fit_1d_resumes_from_the_engine_checkpoints(tmp_path):
     assert (tmp_path / "quartic" / "config.json").stat().st_mtime_ns == started  # not restarted
     for key in ("active_modes", "rmse_relative", "best_seed", "rho", "elimination_rounds"):
         assert again["quartic"][key] == first[key], key
+
+
+def test_bench_fit_1d_times_the_engine_and_the_dedicated_loop_side_by_side(tmp_path):
+    """The benchmark runs both paths on the same study (CI size) and writes its ratios."""
+    from lse_material.training.one_d import bench_fit_1d
+
+    result = bench_fit_1d(out=tmp_path, epochs=3, seeds=1, repeats=2, threads=1)
+    assert json.loads((tmp_path / "summary.json").read_text()) == result
+    assert result["members"] == len(FUNCTIONS)
+    times = {side: result[f"{side}_ms_per_epoch"] for side in ("engine", "dedicated")}
+    assert all(len(t) == 2 and min(t) > 0 for t in times.values())
+    assert result["ratio_engine_vs_dedicated"] == min(times["engine"]) / min(times["dedicated"])
+    for name in FUNCTIONS:  # one engine run per function
+        assert (
+            json.loads((tmp_path / "engine" / name / "summary.json").read_text())["fit_epochs"] == 3
+        )
