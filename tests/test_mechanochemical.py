@@ -129,7 +129,13 @@ def test_training_finds_the_four_wells(trained):
         torch.tensor([1.0], dtype=torch.float64),
     )
     stress, _ = mc.stress_mu(x)
-    assert float(result.model.derivatives(x).gradient[0, 2]) > 0.5 * float(stress[0, 2]) > 0
+    with torch.no_grad():
+        model_s33 = float(result.model.derivatives(x).gradient[0, 2])
+    assert model_s33 > 0.5 * float(stress[0, 2]) > 0
+    # The reference well belongs to the reference group, the variants to the transformed one.
+    modes, group = summary["modes_at_wells"], result.model.mode_group.tolist()
+    assert len(modes["c=0"]) == 1 and len(modes["c=s_c"]) == 3, modes
+    assert {group[m] for m in modes["c=s_c"]} == {1} and group[modes["c=0"][0]] == 0, (modes, group)
 
 
 def test_training_scores_pooled_near_the_wells_and_along_the_path(trained):

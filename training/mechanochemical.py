@@ -310,17 +310,20 @@ def _scores(model: LSEICNN, data, test, params) -> dict:
 def evaluate_wells(model, params=None) -> dict:
     """The wells of ``model`` on the slices c = 0 and c = s_c, matched to the data model's.
 
-    Returns ``{"wells": {slice: table}, "well_match": {slice: comparison}, "wells_found": n}``:
-    the tables of ``lse_material.wells`` (minima, saddles, barriers) and, per slice, each true
-    minimum's match (distance in units of s_e over the order parameters, depth error relative
-    to d_e with ψ pinned at E = 0 on the slice) and the barrier errors.
+    Returns ``{"wells": {slice: table}, "well_match": {slice: comparison}, "wells_found": n,
+    "modes_at_wells": {slice: [mode, ...]}}``: the tables of ``lse_material.wells`` (minima,
+    saddles, barriers); per slice, each true minimum's match (distance in units of s_e over the
+    order parameters, depth error relative to d_e with ψ pinned at E = 0 on the slice) and the
+    barrier errors; and the dominant mode of each minimum found in the box. The active-mode
+    count is not the well count: the three variants are often minima of one dominant mode
+    mixed with others at a small ρ_g (the smooth minimum's -ρ_g Var(W_i)/2 term is not convex).
     """
     from lse_material.wells import compare_wells, find_wells, order_parameter_scale
 
     params = mc.parse_params(params)
     truth_law = mc.potential(params=params)
     box = mc.training_box(params)
-    tables, matches, found = {}, {}, 0
+    tables, matches, found, modes = {}, {}, 0, {}
     for name, c in (("c=0", 0.0), ("c=s_c", params.s_c)):
         fix = {"c": c}
         mine = find_wells(model, fix=fix, box=box)
@@ -340,7 +343,8 @@ def evaluate_wells(model, params=None) -> dict:
         tables[name] = mine.to_json()
         matches[name] = cmp.to_json()
         found += sum(1 for m in mine.minima if m.in_box)
-    return {"wells": tables, "well_match": matches, "wells_found": found}
+        modes[name] = [m.mode for m in mine.minima if m.in_box]
+    return {"wells": tables, "well_match": matches, "wells_found": found, "modes_at_wells": modes}
 
 
 def _save(model: LSEICNN, out: Path, summary: dict, params, config: TrainConfig) -> None:
