@@ -1,6 +1,6 @@
 """The law's Hessian at the points: the forms read its upper triangle (``H_upper``), and
-``law.H`` is the full (k, k) Hessian of the last update, refreshed when read; the
-training-box statistics follow the last update (they are computed when asked for)."""
+``law.H`` is the full (k, k) Hessian of the last update; the training-box statistics follow
+the last update (they are computed when asked for)."""
 
 import numpy as np
 import pytest
@@ -33,7 +33,7 @@ def test_H_is_the_hessian_of_the_last_update_and_H_upper_its_triangle():
     k = len(law.live)
     assert law.H.function_space.value_shape == (k, k)
     assert law.H_upper.function_space.value_shape == (k * (k + 1) // 2,)
-    for _ in range(2):  # the second update moves u: H is refilled when read again
+    for _ in range(2):  # the second update moves u: both are refilled
         law.update()
         expected = _hessian_at_points(law)
         H = law.point_values(law.H).reshape(-1, k, k)

@@ -17,8 +17,8 @@ owns (``lse_material.fem.points.QuadraturePoints``), converts them in one adapte
 (``inputs_to_tensor``) to a contiguous float64 tensor, calls the potential once on all points
 (chunked, on ``device``, derivatives with respect to the live inputs only) and fills quadrature
 Functions ``x0 (d)`` (all inputs), ``psi0``, ``s = ∂ψ/∂x_live (k)`` and ``H_upper``, the upper
-triangle of ``H = ∂²ψ/∂x_live²`` row by row (k(k+1)/2: the forms read H, symmetric, from it;
-``law.H`` is H as a (k×k) Function, filled when read). The UFL energy density
+triangle of ``H = ∂²ψ/∂x_live²`` row by row (k(k+1)/2: the forms read H, symmetric, from it),
+and ``H`` itself (k×k, for output and diagnostics). The UFL energy density
 
     ψ_T(x) = ψ0 + s·(x_live - x0_live) + ½ (x_live - x0_live)ᵀ H (x_live - x0_live)
 
@@ -207,7 +207,7 @@ class QuadratureLaw:
         self.s = self.quadrature.function((k,), "law_gradient")
         self._upper = np.triu_indices(k)  # H's upper triangle, row by row
         self.H_upper = self.quadrature.function((self._upper[0].size,), "law_hessian_upper")
-        self._H, self._H_evaluation = None, -1  # the (k, k) Function, filled when read
+        self.H = self.quadrature.function((k, k), "law_hessian")
         self.psi0 = self.quadrature.function((), "law_energy")
         self.min_eigenvalue = self.quadrature.function((), "min_tangent_eigenvalue")
         n_modes = getattr(potential, "n_modes", None)
@@ -242,18 +242,6 @@ class QuadratureLaw:
     def n_points(self) -> int:
         """Quadrature points on the cells this rank owns (0 on a rank without cells)."""
         return self.quadrature.n_points
-
-    @property
-    def H(self) -> dolfinx.fem.Function:
-        """``H = ∂²ψ/∂x_live²`` at the points as a ``(k, k)`` quadrature Function, filled from
-        the last update when read (the forms read ``H_upper``; zero before any update)."""
-        if self._H is None:
-            k = len(self.live)
-            self._H = self.quadrature.function((k, k), "law_hessian")
-        if self._hessian is not None and self._H_evaluation != self.evaluations:
-            self.quadrature.fill(self._H, self._hessian.numpy())
-            self._H_evaluation = self.evaluations
-        return self._H
 
     def energy_density(self) -> ufl.core.expr.Expr:
         """The Taylor surrogate ψ_T(inputs) as a UFL scalar (see the module docstring).
@@ -313,6 +301,7 @@ class QuadratureLaw:
             (self.x0, values),
             (self.psi0, energy),
             (self.s, grad),
+            (self.H, hess),
             (self.H_upper, hess.numpy()[:, self._upper[0], self._upper[1]]),
         ):
             self.quadrature.fill(function, np.asarray(data))
