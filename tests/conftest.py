@@ -80,7 +80,7 @@ def autograd_derivatives(model, x):
 
 # The mechanochemical law at CI size, trained once per session and shared by the tests that
 # need one (training, the README's solver example, the spinodal case). The full protocol
-# (2000 samples, 1000 + 3000 epochs) is what the README reports.
+# (2000 samples, 1000 + 6000 epochs) is what the README reports.
 MECHANOCHEMICAL_CI = {"samples": 1600, "pretrain_epochs": 800, "epochs": 2500, "seed": 0}
 
 

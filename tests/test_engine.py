@@ -455,11 +455,20 @@ def test_mechanochemical_example_is_the_verbs_config():
     """``train data`` on the example reproduces ``train mechanochemical``: the same data, model
     and fit tables (the file and the output options aside)."""
     from lse_material.training.data import mechanochemical as mc
-    from lse_material.training.mechanochemical import mechanochemical_config
+    from lse_material.training.mechanochemical import (
+        EPOCHS,
+        PRETRAIN_EPOCHS,
+        mechanochemical_config,
+    )
 
     example = load_config(ROOT / "examples" / "mechanochemical_wells" / "run.toml")
     verb = mechanochemical_config(
-        mc.parse_params(()), epochs=3000, pretrain_epochs=1000, seed=0, nested=True, eliminate=True
+        mc.parse_params(()),
+        epochs=EPOCHS,
+        pretrain_epochs=PRETRAIN_EPOCHS,
+        seed=0,
+        nested=True,
+        eliminate=True,
     )
     assert asdict(example.data) == {**asdict(verb.data), "file": example.data.file}
     assert asdict(example.model) == asdict(verb.model)
