@@ -35,7 +35,7 @@ MPIRUN := $(VENV)/bin/mpirun
 # The main job: train the mechanochemical law if its model file is missing, then run the
 # spinodal phase-transformation case on 2 MPI ranks; also a shortened 1-D well-discovery study.
 # One torch thread for the training: its batches are small, and on this 2-core machine 2
-# threads took 319 s against 256 s for one (README).
+# threads took 319 s against 190 s for one (a fresh clone's make demo; README).
 demo: venv
 	@[ -f $(RESULTS)/mechanochemical/model.safetensors ] || \
 	  $(CLI) train mechanochemical --out $(RESULTS)/mechanochemical --overwrite --threads 1
