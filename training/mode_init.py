@@ -129,7 +129,10 @@ def match_mode_levels(
     system[-1, 0] = 1.0  # the first mode keeps its level
     columns = torch.nonzero(on_boundary).flatten()
     target = torch.cat([energy[b, columns] - energy[a, columns], x.new_zeros(1)])
-    shifts = torch.linalg.lstsq(system, target[:, None]).solution[:, 0]
+    # gelsd (SVD, minimum norm where regions do not touch) on the CPU: the default gelsy
+    # rounds differently with the arrays' memory alignment, and a fit amplifies that.
+    solution = torch.linalg.lstsq(system.cpu(), target[:, None].cpu(), driver="gelsd").solution
+    shifts = solution[:, 0].to(x.device)
     model.modes.out_bias.add_(shifts)
     return shifts
 
