@@ -68,13 +68,12 @@ from lse_material.fem.checkpoint import (
     read_checkpoint,
     read_functions,
     read_state_law,
+    run_figures,
     run_header,
 )
 from lse_material.fem.solvers import (
     SolverName,
-    krylov_per_newton,
     parse_petsc_options,
-    peak_memory_gb,
     solver_preset,
 )
 from lse_material.hidden_state import STRAIN_NAMES
@@ -257,46 +256,41 @@ def simulate_metamaterial(
     history, failures, cuts_used = _march(
         bar, schedule, chosen, viscosity, max_cuts, out, write_every, checkpoints, resume
     )
-    loop_seconds = time.perf_counter() - loop_start
-    steps_run = schedule.size - 1 - (0 if resume is None else resume.state["step"])
-
-    V = bar.u.function_space
-    summary = dict(history)
-    parameters = {
-        "length": length,
-        "height": height,
-        "amplitudes": list(amplitudes),
-        "steps_per_cycle": steps_per_cycle,
-        "imperfection": imperfection,
-        "imperfection_at": 0.3 * length,
-        "imperfection_length": 0.2 * length,
-        "viscosity": viscosity,
-        "dt": chosen.dt,
-        "uniaxial_modulus": chosen.modulus,
+    restart_step = None if resume is None else resume.state["step"]
+    summary = {
+        **history,
+        **run_figures(
+            bar.u.function_space,
+            history,
+            checkpoints,
+            seconds=time.perf_counter() - t_start,
+            loop_seconds=time.perf_counter() - loop_start,
+            steps_run=schedule.size - 1 - (restart_step or 0),
+            solver=solver,
+            petsc_options=bar.solver.petsc_options,
+            restart=restart,
+            restart_step=restart_step,
+        ),
+        "law": "reference" if reference else "model",
+        "model": None if model is None else str(model),
+        "dim": dim,
+        "cells": int(bar.domain.topology.index_map(dim).size_global),
+        "steps": int(schedule.size - 1),
+        "failed_steps": failures,
+        "max_cuts_used": cuts_used,
+        "parameters": {
+            "length": length,
+            "height": height,
+            "amplitudes": list(amplitudes),
+            "steps_per_cycle": steps_per_cycle,
+            "imperfection": imperfection,
+            "imperfection_at": 0.3 * length,
+            "imperfection_length": 0.2 * length,
+            "viscosity": viscosity,
+            "dt": chosen.dt,
+            "uniaxial_modulus": chosen.modulus,
+        },
     }
-    summary.update(
-        law="reference" if reference else "model",
-        model=None if model is None else str(model),
-        ranks=comm.size,
-        dim=dim,
-        dofs=int(V.dofmap.index_map.size_global * V.dofmap.index_map_bs),
-        cells=int(bar.domain.topology.index_map(dim).size_global),
-        steps=int(schedule.size - 1),
-        failed_steps=failures,
-        max_cuts_used=cuts_used,
-        seconds=time.perf_counter() - t_start,
-        loop_seconds=loop_seconds,
-        seconds_per_step=(loop_seconds - checkpoints.seconds) / max(steps_run, 1),
-        peak_memory_gb=peak_memory_gb(comm),
-        solver=solver,
-        petsc_options=bar.solver.petsc_options,
-        krylov_per_newton=krylov_per_newton(history),
-        parameters=parameters,
-    )
-    summary["restarted_from"] = (
-        None if resume is None else {"run": str(restart), "step": resume.state["step"]}
-    )
-    summary.update(checkpoints.summary(summary["seconds_per_step"]))
     other = None if compare is None else json.loads((Path(compare) / "summary.json").read_text())
     if other is not None:
         summary["force_difference_vs_compare"] = force_difference(summary, other)

@@ -47,13 +47,12 @@ from lse_material.fem.checkpoint import (
     CheckpointWriter,
     read_checkpoint,
     read_functions,
+    run_figures,
     run_header,
 )
 from lse_material.fem.solvers import (
     SolverName,
-    krylov_per_newton,
     parse_petsc_options,
-    peak_memory_gb,
     solver_preset,
 )
 from lse_material.jsonio import write_json
@@ -142,14 +141,7 @@ def simulate_spinodal(
         checkpoint (same options and model file; any number of ranks) to t_end.
     """
     comm = MPI.COMM_WORLD
-    if dim not in (2, 3):
-        raise ValueError(f"dim must be 2 or 3, got {dim}.")
-    if not analytic and model is None:
-        raise ValueError("give --model MODEL (a trained mechanochemical model file) or --analytic.")
-    if mesh < 2 or t_end <= 0 or dt <= 0:
-        raise ValueError(
-            f"need mesh >= 2, t_end > 0, dt > 0; got mesh={mesh}, t_end={t_end}, dt={dt}."
-        )
+    _check_options(dim, mesh, t_end, dt, model, analytic)
     user_options = parse_petsc_options(petsc)
     t_start = time.perf_counter()
     potential = None
@@ -184,40 +176,49 @@ def simulate_spinodal(
     history, step, failures, loop_seconds = _march(
         p, out, t_end, dt_max, max_steps, write_every, checkpoints, resume
     )
-    steps_run = step - (0 if resume is None else resume.state["step"])
+    restart_step = None if resume is None else resume.state["step"]
     peak_mb = comm.allreduce(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, op=MPI.MAX)
-
-    W = p.w.function_space
-    summary = dict(history)
-    summary.update(
-        ranks=comm.size,
-        dofs=int(W.dofmap.index_map.size_global * W.dofmap.index_map_bs),
-        seconds=time.perf_counter() - t_start,
-        steps=step,
-        loop_seconds=loop_seconds,
-        seconds_per_step=(loop_seconds - checkpoints.seconds) / max(steps_run, 1),
-        peak_memory_mb_per_rank=peak_mb,
-        peak_memory_gb=peak_memory_gb(comm),
-        failed_steps=failures,
-        dim=dim,
-        mesh=mesh,
-        analytic=analytic,
-        model=None if model is None else str(model),
-        seed=seed,
-        parameters={"kappa": KAPPA, "mobility": MOBILITY, "viscosity": VISCOSITY},
-        solver=solver,
-        petsc_options=p.solver.petsc_options,
-        krylov_per_newton=krylov_per_newton(history),
-        restarted_from=None
-        if resume is None
-        else {"run": str(restart), "step": resume.state["step"]},
-    )
-    summary.update(checkpoints.summary(summary["seconds_per_step"]))
+    summary = {
+        **history,
+        **run_figures(
+            p.w.function_space,
+            history,
+            checkpoints,
+            seconds=time.perf_counter() - t_start,
+            loop_seconds=loop_seconds,
+            steps_run=step - (restart_step or 0),
+            solver=solver,
+            petsc_options=p.solver.petsc_options,
+            restart=restart,
+            restart_step=restart_step,
+        ),
+        "steps": step,
+        "peak_memory_mb_per_rank": peak_mb,
+        "failed_steps": failures,
+        "dim": dim,
+        "mesh": mesh,
+        "analytic": analytic,
+        "model": None if model is None else str(model),
+        "seed": seed,
+        "parameters": {"kappa": KAPPA, "mobility": MOBILITY, "viscosity": VISCOSITY},
+    }
     if comm.rank == 0:
         write_json(out / "summary.json", summary)
         _plots(out, summary)
     _snapshot(out, p.w, comm)
     return SpinodalResult(summary, out)
+
+
+def _check_options(dim, mesh, t_end, dt, model, analytic) -> None:
+    """Raise ValueError for a bad dimension, size or time step, or no law."""
+    if dim not in (2, 3):
+        raise ValueError(f"dim must be 2 or 3, got {dim}.")
+    if not analytic and model is None:
+        raise ValueError("give --model MODEL (a trained mechanochemical model file) or --analytic.")
+    if mesh < 2 or t_end <= 0 or dt <= 0:
+        raise ValueError(
+            f"need mesh >= 2, t_end > 0, dt > 0; got mesh={mesh}, t_end={t_end}, dt={dt}."
+        )
 
 
 def _march(

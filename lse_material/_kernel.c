@@ -1,4 +1,4 @@
-/* Fused CPU kernel: energy, gradient and Hessian of an LSE-ICNN (SPEC §1) at many points.
+/* Fused CPU kernel: energy, gradient and Hessian of an LSE-ICNN (docs/science.md §1) at many points.
  *
  * The same closed form as ICNNStack.hessian_parts + LSEICNN.derivatives (the torch path, which
  * stays the reference, the GPU path and the autograd path), fused per block of BLOCK points:

@@ -51,6 +51,7 @@ __all__ = [
     "read_checkpoint",
     "read_functions",
     "read_state_law",
+    "run_figures",
     "run_header",
     "state_law_functions",
     "write_checkpoint",
@@ -189,6 +190,46 @@ class CheckpointWriter:
             "checkpoint_seconds": mean,
             "checkpoint_fraction_of_step": fraction,
         }
+
+
+def run_figures(
+    space: dolfinx.fem.FunctionSpace,
+    history: Mapping[str, Any],
+    checkpoints: CheckpointWriter,
+    *,
+    seconds: float,
+    loop_seconds: float,
+    steps_run: int,
+    solver: str,
+    petsc_options: Mapping[str, Any],
+    restart: str | Path | None,
+    restart_step: int | None,
+) -> dict:
+    """The figures every case's ``summary.json`` holds about its run (collective).
+
+    ``space``: the unknowns' space (its global dofs); ``history``: the case's per-step lists
+    (``newton_iterations``, ``krylov_iterations``); ``seconds``: the whole run;
+    ``loop_seconds``: its time stepping, of which ``steps_run`` steps ran in this process
+    (a restart runs fewer); ``restart``/``restart_step``: the run and step it continued from.
+    ``seconds_per_step`` leaves out the checkpoints' writing time, which the checkpoint
+    figures report as a fraction of it.
+    """
+    from lse_material.fem.solvers import krylov_per_newton, peak_memory_gb
+
+    seconds_per_step = (loop_seconds - checkpoints.seconds) / max(steps_run, 1)
+    return {
+        "ranks": space.mesh.comm.size,
+        "dofs": int(space.dofmap.index_map.size_global * space.dofmap.index_map_bs),
+        "seconds": seconds,
+        "loop_seconds": loop_seconds,
+        "seconds_per_step": seconds_per_step,
+        "peak_memory_gb": peak_memory_gb(space.mesh.comm),
+        "solver": solver,
+        "petsc_options": dict(petsc_options),
+        "krylov_per_newton": krylov_per_newton(history),
+        "restarted_from": None if restart is None else {"run": str(restart), "step": restart_step},
+        **checkpoints.summary(seconds_per_step),
+    }
 
 
 def run_header(case: str, model: str | Path | None, **options: Any) -> dict:
