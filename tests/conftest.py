@@ -54,6 +54,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason=dolfinx_missing()))
 
 
+@pytest.fixture(scope="session")
+def default_metamaterial_training(tmp_path_factory):
+    """``train_metamaterial`` at the CLI's defaults (two-phase), trained once per session: the
+    full-size figure tests (LSE_FULL=1) of the training and of the FE bar share it."""
+    from lse_material.training.metamaterial import train_metamaterial
+
+    out = tmp_path_factory.mktemp("metamaterial_default")
+    return out, train_metamaterial(out=out)
+
+
 def pytest_report_header(config):
     problem = _dolfinx_problem[0] if _dolfinx_problem else ""
     full = "LSE_FULL=1: full-size runs" if FULL else "CI size (LSE_FULL=1 for full size)"

@@ -103,6 +103,28 @@ def test_oracle_in_3d_with_all_seven_inputs():
     assert np.abs(shears).max() > 1e-2  # the test exercises the out-of-plane shears
 
 
+def test_residual_at_the_iterate_drops_the_hessian_and_keeps_the_residual():
+    """LawNewtonSolver assembles F without H_upper (``residual_at_iterate``): the form no longer
+    holds it, and right after update() it is the full F to rounding (x - x0 = 0 there); away
+    from the update's iterate (u moved, no update) the two differ by the H term."""
+    from lse_material.fem.newton import residual_at_iterate
+
+    mesh, V, u, c, inputs, E = _cube()
+    law = QuadratureLaw(mc.potential(), inputs, mesh, quadrature_degree=2, fixed=["c"])
+    F_full = _forms(u, V, law, E, c)[0]
+    F_iterate = residual_at_iterate(F_full, [law])
+    assert law.H_upper in F_full.coefficients() and law.H_upper not in F_iterate.coefficients()
+    law.update()
+    full, iterate = _vector(F_full), _vector(F_iterate)
+    iterate.axpy(-1.0, full)
+    assert iterate.norm() < 1e-13 * full.norm(), iterate.norm() / full.norm()
+    u.x.array[:] *= 1.1  # the law still holds the old iterate: the H term is not zero
+    u.x.scatter_forward()
+    full, iterate = _vector(F_full), _vector(F_iterate)
+    iterate.axpy(-1.0, full)
+    assert iterate.norm() > 1e-3 * full.norm()
+
+
 def test_taylor_test_of_the_jacobian():
     mesh, V, u, c = _block()
     inputs, E = mc.ufl_inputs(u, c)

@@ -215,12 +215,14 @@ def test_ci_sized_training_reaches_loosened_figures(tmp_path):
 
 
 @pytest.mark.slow
-def test_model_force_curve_within_ten_percent_of_the_reference(tmp_path):
+def test_model_force_curve_within_ten_percent_of_the_reference(
+    tmp_path, default_metamaterial_training
+):
     """Issue 5's figure at full size (LSE_FULL=1): the CLI's default training, the full bar."""
-    train_metamaterial(out=tmp_path / "m", plots=False)
+    trained, _ = default_metamaterial_training
     ref = simulate_metamaterial(out=tmp_path / "ref", reference=True)
     run = simulate_metamaterial(
-        out=tmp_path / "fe", model=tmp_path / "m" / "model.safetensors", compare=tmp_path / "ref"
+        out=tmp_path / "fe", model=trained / "model.safetensors", compare=tmp_path / "ref"
     )
     difference = run.summary["force_difference_vs_compare"]
     assert difference == force_difference(run.summary, ref.summary)

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
+import ufl
 from mpi4py import MPI
 from petsc4py import PETSc  # lse_material.fem imports dolfinx_solver first
 
@@ -160,9 +161,11 @@ class LawNewtonSolver:
         self.u, self.laws = u, check_laws(laws)
         for law in self.laws:
             law.check_fixed(u)
+        if J is None:
+            J = dolfinx.fem.forms.derivative_block(F, u)
         try:
             self.problem = dolfinx.fem.petsc.NonlinearProblem(
-                F,
+                residual_at_iterate(F, self.laws),
                 u,
                 J=J,
                 bcs=list(bcs),
@@ -285,6 +288,23 @@ class LawNewtonSolver:
             snes.getLinearSolveIterations(),
             timings,
         )
+
+
+def residual_at_iterate(F, laws: Sequence):
+    """``F`` (a form or a list of forms) with every law's ``tangent_coefficients()`` set to zero.
+
+    Those coefficients multiply (inputs - inputs at the law's last update), which is zero
+    where ``LawNewtonSolver`` assembles F: right after the update at the same iterate. So the
+    residual there is the same (to rounding), and its assembly skips reading and multiplying
+    the tangent (for a 6×6 Hessian, about 40 % of the residual's time in 3-D); the Jacobian,
+    derived from the full F, keeps it.
+    """
+    zeros = {f: ufl.zero(*f.ufl_shape) for law in laws for f in law.tangent_coefficients()}
+    if not zeros:
+        return F
+    if isinstance(F, Sequence):
+        return [ufl.replace(form, zeros) for form in F]
+    return ufl.replace(F, zeros)
 
 
 @contextlib.contextmanager

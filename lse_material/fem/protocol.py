@@ -1,7 +1,7 @@
 """The one law protocol the Newton driver, the step-cut loop and the cases call, without probing.
 
 Every law at quadrature points (``QuadratureLaw``, ``QuadratureStateLaw``, or your own) has
-these five methods; where one does not apply it is a documented no-op:
+these six methods; where one does not apply it is a documented no-op:
 
 - ``update(*, check_box=True)``: evaluate at the current unknowns and refill the law's
   Functions (a *trial*: never commits). Collective.
@@ -11,6 +11,10 @@ these five methods; where one does not apply it is a documented no-op:
 - ``revert()``: drop the last trial after a failed step. (No-op without state.)
 - ``check_fixed(unknowns)``: raise if an input marked fixed depends on the unknowns (its
   derivative would be silently dropped). (No-op where nothing is marked fixed.)
+- ``tangent_coefficients()``: the law's Functions that enter its UFL forms only multiplied by
+  (inputs - inputs at the last update), such as the Hessian of a Taylor surrogate: they
+  vanish from the residual at the iterate of the update, so ``LawNewtonSolver`` assembles the
+  residual without them (the Jacobian keeps them). (``()`` where there are none.)
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ class Law(Protocol):
 
     def check_fixed(self, unknowns) -> None: ...
 
+    def tangent_coefficients(self) -> tuple: ...
+
 
 def check_laws(laws) -> list:
     """``laws`` as a list, each checked against ``Law``; TypeError naming the missing methods."""
@@ -42,7 +48,14 @@ def check_laws(laws) -> list:
         if not isinstance(law, Law):
             missing = [
                 m
-                for m in ("update", "check_training_box", "commit", "revert", "check_fixed")
+                for m in (
+                    "update",
+                    "check_training_box",
+                    "commit",
+                    "revert",
+                    "check_fixed",
+                    "tangent_coefficients",
+                )
                 if not callable(getattr(law, m, None))
             ]
             raise TypeError(

@@ -344,6 +344,10 @@ class QuadratureLaw:
     def revert(self) -> None:
         """No internal state: nothing to revert (protocol no-op)."""
 
+    def tangent_coefficients(self) -> tuple:
+        """``(H_upper,)``: H multiplies ``x - x0``, zero at the iterate of the last update."""
+        return (self.H_upper,)
+
     def check_fixed(self, unknowns) -> None:
         """Raise ValueError if an input marked fixed depends on ``unknowns`` (Function(s))."""
         targets = set(unknowns if isinstance(unknowns, Sequence) else [unknowns])

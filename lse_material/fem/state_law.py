@@ -139,6 +139,10 @@ class QuadratureStateLaw:
     def check_fixed(self, unknowns) -> None:
         """No fixed inputs (protocol no-op)."""
 
+    def tangent_coefficients(self) -> tuple:
+        """``(C,)``: the tangent multiplies ``ε - ε0``, zero at the iterate of the last update."""
+        return (self.C,)
+
     def commit(self) -> None:
         """Accept the last trial (after a converged step)."""
         self.points.commit()
