@@ -36,7 +36,8 @@ def _check_physics(summary, *, cuts: int = 0):
     assert np.all(np.diff(energy) <= 1e-10 * abs(energy[0])), np.diff(energy).max()
     assert energy[-1] < energy[0] - 0.05  # the phases separated
     # Step cuts: none for the analytic ψ; the learned law (with its variant wells, non-convex in
-    # the strain) needs one or two at CI size, and the cut step is retried from the saved state.
+    # the strain) needs one or two at CI size and 13-18 at full size (mesh 32, measured), and a
+    # cut step is retried from the saved state.
     assert summary["failed_steps"] <= cuts and len(summary["time"]) == len(energy)
 
 
@@ -52,7 +53,7 @@ def test_model_run_matches_the_analytic_run(tmp_path, model_file, capsys):
     assert f"newton {model['newton_iterations'][-1]:2d}" in lines[-1]
     assert f"energy = {model['energy'][-1]:.8g}" in lines[-1]
     reference = simulate_spinodal(out=tmp_path / "a", analytic=True, mesh=MESH, t_end=T_END).summary
-    _check_physics(model, cuts=2)
+    _check_physics(model, cuts=25 if FULL else 2)
     _check_physics(reference)
     t = np.array(reference["time"])
     e_ref = np.array(reference["energy"]) - reference["energy"][0]
