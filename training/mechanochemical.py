@@ -64,8 +64,8 @@ N_MODES, HIDDEN = 5, (10, 10)  # [paper]
 VALIDATION_FRACTION = 0.2  # 80 / 20 split [paper]
 RHO, GROUP_RHO = 0.1, 1.0  # start values of the outer ρ and the groups' ρ_g (network units) [ours]
 FLUX_WEIGHTING = 1.0  # the loss's relative-error scale a (``train_mechanochemical``) [ours]
-# Epochs of the mixture and of the modes' own pre-training [ours]. 6000 (was 3000): the largest
-# depth error of the variants fell from 3-12 % to 3-9 % of d_e over seeds 0-4 (README).
+# Epochs of the mixture and of the modes' own pre-training [ours]. 6000 (was 3000): over seeds
+# 0-4 the largest variant depth error fell from 3-12 % to 3-9 % of d_e (session 3; README).
 EPOCHS, PRETRAIN_EPOCHS = 6000, 1000
 FLUX_NAMES = ("S11", "S22", "S33", "S23", "S13", "S12", "mu")
 

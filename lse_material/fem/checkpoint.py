@@ -42,6 +42,7 @@ from mpi4py import MPI
 
 from lse_material.atomic import write_json
 from lse_material.fem._dolfinx import dolfinx
+from lse_material.fem.solvers import krylov_per_newton, peak_memory_gb
 from lse_material.fem.state_law import QuadratureStateLaw
 
 __all__ = [
@@ -214,8 +215,6 @@ def run_figures(
     ``seconds_per_step`` leaves out the checkpoints' writing time, which the checkpoint
     figures report as a fraction of it.
     """
-    from lse_material.fem.solvers import krylov_per_newton, peak_memory_gb
-
     seconds_per_step = (loop_seconds - checkpoints.seconds) / max(steps_run, 1)
     return {
         "ranks": space.mesh.comm.size,

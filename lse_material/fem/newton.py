@@ -296,8 +296,7 @@ def residual_at_iterate(F, laws: Sequence):
     Those coefficients multiply (inputs - inputs at the law's last update), which is zero
     where ``LawNewtonSolver`` assembles F: right after the update at the same iterate. So the
     residual there is the same (to rounding), and its assembly skips reading and multiplying
-    the tangent (for a 6×6 Hessian, about 40 % of the residual's time in 3-D); the Jacobian,
-    derived from the full F, keeps it.
+    the tangent; the Jacobian, derived from the full F, keeps it.
     """
     zeros = {f: ufl.zero(*f.ufl_shape) for law in laws for f in law.tangent_coefficients()}
     if not zeros:
