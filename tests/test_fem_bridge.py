@@ -103,26 +103,54 @@ def test_oracle_in_3d_with_all_seven_inputs():
     assert np.abs(shears).max() > 1e-2  # the test exercises the out-of-plane shears
 
 
-def test_residual_at_the_iterate_drops_the_hessian_and_keeps_the_residual():
-    """LawNewtonSolver assembles F without H_upper (``residual_at_iterate``): the form no longer
-    holds it, and right after update() it is the full F to rounding (x - x0 = 0 there); away
-    from the update's iterate (u moved, no update) the two differ by the H term."""
-    from lse_material.fem.newton import residual_at_iterate
+def _relative_difference(a, b) -> float:
+    """‖a - b‖ / ‖b‖ of two assembled PETSc vectors or matrices (a is overwritten)."""
+    a.axpy(-1.0, b)
+    return a.norm() / b.norm()
+
+
+def test_forms_at_the_iterate_drop_the_increment_and_keep_f_and_j():
+    """LawNewtonSolver assembles F and J with the law's increment x - x0 set to zero
+    (``at_iterate``): neither form holds x0 any more, F not H either; right after update()
+    both equal the full forms to rounding (finite strain: J drops (H·(x - x0))·∂²x/∂u², zero
+    there); away from the update's iterate (u moved, no update) they differ."""
+    from lse_material.fem.newton import at_iterate
 
     mesh, V, u, c, inputs, E = _cube()
     law = QuadratureLaw(mc.potential(), inputs, mesh, quadrature_degree=2, fixed=["c"])
-    F_full = _forms(u, V, law, E, c)[0]
-    F_iterate = residual_at_iterate(F_full, [law])
-    assert law.H_upper in F_full.coefficients() and law.H_upper not in F_iterate.coefficients()
+    F_full, J_full = _forms(u, V, law, E, c)[:2]
+    F_iterate, J_iterate = at_iterate([F_full, J_full], [law])
+    assert law.H_upper in F_full.coefficients() and law.x0 in F_full.coefficients()
+    assert law.H_upper not in F_iterate.coefficients() and law.x0 not in F_iterate.coefficients()
+    assert law.H_upper in J_iterate.coefficients() and law.x0 not in J_iterate.coefficients()
     law.update()
-    full, iterate = _vector(F_full), _vector(F_iterate)
-    iterate.axpy(-1.0, full)
-    assert iterate.norm() < 1e-13 * full.norm(), iterate.norm() / full.norm()
-    u.x.array[:] *= 1.1  # the law still holds the old iterate: the H term is not zero
+    assert _relative_difference(_vector(F_iterate), _vector(F_full)) < 1e-13
+    assert _relative_difference(_matrix(J_iterate), _matrix(J_full)) < 1e-13
+    u.x.array[:] *= 1.1  # the law still holds the old iterate: the increment is not zero
     u.x.scatter_forward()
-    full, iterate = _vector(F_full), _vector(F_iterate)
-    iterate.axpy(-1.0, full)
-    assert iterate.norm() > 1e-3 * full.norm()
+    assert _relative_difference(_vector(F_iterate), _vector(F_full)) > 1e-3
+    assert _relative_difference(_matrix(J_iterate), _matrix(J_full)) > 1e-4
+
+
+def test_state_law_forms_at_the_iterate_drop_the_increment():
+    """The same for QuadratureStateLaw, under finite strain (Green–Lagrange strain as input)."""
+    from lse_material.training.data.metamaterial import ReferenceLaw
+
+    from lse_material.fem import QuadratureStateLaw
+    from lse_material.fem.newton import at_iterate
+
+    mesh, V, u, c, inputs, E = _cube()
+    strain = [E[0, 0], E[1, 1], E[2, 2], 2 * E[1, 2], 2 * E[0, 2], 2 * E[0, 1]]
+    law = QuadratureStateLaw(ReferenceLaw(), ufl.as_vector(strain), mesh, quadrature_degree=2)
+    v, du = ufl.TestFunction(V), ufl.TrialFunction(V)
+    F_full = ufl.inner(law.stress(), ufl.derivative(law.strain, u, v)) * law.dx
+    J_full = ufl.derivative(F_full, u, du)
+    F_iterate, J_iterate = at_iterate([F_full, J_full], [law])
+    assert law.eps0 not in F_iterate.coefficients() and law.C not in F_iterate.coefficients()
+    assert law.eps0 not in J_iterate.coefficients() and law.C in J_iterate.coefficients()
+    law.update()
+    assert _relative_difference(_vector(F_iterate), _vector(F_full)) < 1e-13
+    assert _relative_difference(_matrix(J_iterate), _matrix(J_full)) < 1e-13
 
 
 def test_taylor_test_of_the_jacobian():

@@ -12,7 +12,7 @@ plain ``import dolfinx`` works, and ``from lse_material.fem import dolfinx`` is 
 - ``QuadraturePoints``: the layer under both (owned cells, points and weights, Functions,
   fill/read through the dofmap, DG0 cell averages, collective finite checks).
 - ``Law``: the protocol the driver calls (update, check_training_box, commit, revert,
-  check_fixed, tangent_coefficients).
+  check_fixed, increments).
 - ``LawNewtonSolver``: PETSc SNES Newton that updates the laws before every assembly;
   returns a ``NewtonResult`` with the residual history. ``solve_with_cuts``: a step that is
   halved and retried until Newton converges (laws reverted on failure, committed on success).

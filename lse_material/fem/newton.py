@@ -102,7 +102,9 @@ class LawNewtonSolver:
         F: residual form (or a list of forms for a blocked problem); u: the unknown
             Function(s); laws: laws (``lse_material.fem.protocol.Law``: QuadratureLaw,
             QuadratureStateLaw) whose inputs depend on u.
-        J: Jacobian form (default ``derivative(F, u)``); bcs: Dirichlet conditions.
+        J: Jacobian form (default ``derivative(F, u)``); bcs: Dirichlet conditions. F, J
+            and energy are assembled with the laws' increments set to zero (``at_iterate``),
+            as they are where the solver assembles them.
         energy: the total energy (a UFL scalar form whose derivative is F), or None. Given,
             it is SNES's objective (``setObjective``, evaluated with the laws refreshed at the
             trial point), so the backtracking line search decreases the energy instead of
@@ -165,9 +167,9 @@ class LawNewtonSolver:
             J = dolfinx.fem.forms.derivative_block(F, u)
         try:
             self.problem = dolfinx.fem.petsc.NonlinearProblem(
-                residual_at_iterate(F, self.laws),
+                at_iterate(F, self.laws),
                 u,
-                J=J,
+                J=at_iterate(J, self.laws),
                 bcs=list(bcs),
                 petsc_options=options,
                 petsc_options_prefix=prefix,
@@ -207,7 +209,7 @@ class LawNewtonSolver:
         snes.setMonitor(lambda _snes, _it, norm: self.residual_norms.append(float(norm)))
         self._objective_at = None
         if energy is not None:
-            energy_form = dolfinx.fem.form(energy)
+            energy_form = dolfinx.fem.form(at_iterate(energy, self.laws))  # laws refreshed at x
 
             def objective(_snes, x):
                 # PETSc asks again at the accepted point of the last line search: reuse it
@@ -290,20 +292,24 @@ class LawNewtonSolver:
         )
 
 
-def residual_at_iterate(F, laws: Sequence):
-    """``F`` (a form or a list of forms) with every law's ``tangent_coefficients()`` set to zero.
+def at_iterate(forms, laws: Sequence):
+    """``forms`` (a form, a list, or a list of lists; None kept) with every law's
+    ``increments()`` set to zero.
 
-    Those coefficients multiply (inputs - inputs at the law's last update), which is zero
-    where ``LawNewtonSolver`` assembles F: right after the update at the same iterate. So the
-    residual there is the same (to rounding), and its assembly skips reading and multiplying
-    the tangent; the Jacobian, derived from the full F, keeps it.
+    An increment (inputs - inputs at the law's last update) is zero where ``LawNewtonSolver``
+    assembles F and J: right after the update at the same iterate. So F and J there are the
+    same (to rounding) without it, and their assembly skips reading and multiplying the
+    tangent in F, and in J the term (H·increment)·∂²x/∂u² that second derivatives of the
+    inputs bring (finite strain). J keeps H·∂x/∂u[du]·∂x/∂u[v], the increment differentiated.
+    A form that would become empty is kept as it is.
     """
-    zeros = {f: ufl.zero(*f.ufl_shape) for law in laws for f in law.tangent_coefficients()}
-    if not zeros:
-        return F
-    if isinstance(F, Sequence):
-        return [ufl.replace(form, zeros) for form in F]
-    return ufl.replace(F, zeros)
+    zeros = {e: ufl.zero(*e.ufl_shape) for law in laws for e in law.increments()}
+    if not zeros or forms is None:
+        return forms
+    if isinstance(forms, Sequence):
+        return [at_iterate(form, laws) for form in forms]
+    reduced = ufl.replace(forms, zeros)
+    return forms if reduced.empty() else reduced
 
 
 @contextlib.contextmanager

@@ -11,10 +11,11 @@ these six methods; where one does not apply it is a documented no-op:
 - ``revert()``: drop the last trial after a failed step. (No-op without state.)
 - ``check_fixed(unknowns)``: raise if an input marked fixed depends on the unknowns (its
   derivative would be silently dropped). (No-op where nothing is marked fixed.)
-- ``tangent_coefficients()``: the law's Functions that enter its UFL forms only multiplied by
-  (inputs - inputs at the last update), such as the Hessian of a Taylor surrogate: they
-  vanish from the residual at the iterate of the update, so ``LawNewtonSolver`` assembles the
-  residual without them (the Jacobian keeps them). (``()`` where there are none.)
+- ``increments()``: the law's UFL expressions that are zero at the iterate of the last
+  update, such as (inputs - inputs at the last update) of a Taylor surrogate: the very nodes
+  its forms use (``ufl.replace`` matches them), which ``LawNewtonSolver`` sets to zero in F
+  and J (``lse_material.fem.newton.at_iterate``): the residual then skips the tangent, and
+  the Jacobian the tangent times the inputs' second derivative. (``()`` where there are none.)
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class Law(Protocol):
 
     def check_fixed(self, unknowns) -> None: ...
 
-    def tangent_coefficients(self) -> tuple: ...
+    def increments(self) -> tuple: ...
 
 
 def check_laws(laws) -> list:
@@ -54,7 +55,7 @@ def check_laws(laws) -> list:
                     "commit",
                     "revert",
                     "check_fixed",
-                    "tangent_coefficients",
+                    "increments",
                 )
                 if not callable(getattr(law, m, None))
             ]

@@ -26,7 +26,9 @@ has, at the current iterate (x = x0), the value ψ, gradient s and Hessian H of 
 ``F = derivative(ψ_T dx, u, v)`` and ``J = derivative(F, u, du)`` are the exact residual and
 Jacobian for any kinematics (the fixed inputs do not vary with u, so their derivatives are
 never needed; ``check_fixed(u)``, which ``LawNewtonSolver`` calls, makes sure of it). Call
-``update()`` whenever the unknowns change (``LawNewtonSolver`` does).
+``update()`` whenever the unknowns change (``LawNewtonSolver`` does). ``LawNewtonSolver``
+assembles both with the increment x_live - x0_live (``increments()``) set to zero, as it is
+there: F then skips H, and J the term (H·(x - x0))·∂²x/∂u² of finite strain.
 
 Diagnostics (quadrature Functions, or None): ``phase_weights`` (n_modes, filled by ``update``
 when the potential returns them), ``min_eigenvalue`` of H, the tangent on the live inputs
@@ -51,6 +53,7 @@ import numpy as np
 import torch
 import ufl
 from mpi4py import MPI
+from ufl.algorithms.apply_algebra_lowering import apply_algebra_lowering
 
 from lse_material.errors import TrainingBoxWarning
 from lse_material.fem._dolfinx import dolfinx
@@ -199,7 +202,11 @@ class QuadratureLaw:
         d, k = len(names), len(self.live)
         self._literal = {i: float(components[i]) for i in range(d) if literal[i]}
         self._evaluated = tuple(i for i in range(d) if not literal[i])  # live and fixed fields
-        self._live_inputs = ufl.as_vector([components[i] for i in self.live])
+        # lowered once (dot, transpose, ... to index notation), as UFL lowers a form before
+        # differentiating it, so that this increment stays one node in the expanded forms
+        # (``increments()``, which LawNewtonSolver sets to zero at the iterate)
+        live_inputs = apply_algebra_lowering(ufl.as_vector([components[i] for i in self.live]))
+        self._live_inputs = live_inputs
         self._expression = self.quadrature.expression(
             ufl.as_vector([components[i] for i in self._evaluated])
         )
@@ -209,6 +216,10 @@ class QuadratureLaw:
         self.H_upper = self.quadrature.function((self._upper[0].size,), "law_hessian_upper")
         self.H = self.quadrature.function((k, k), "law_hessian")
         self.psi0 = self.quadrature.function((), "law_energy")
+        # componentwise: indexing a vector Sum distributes it, a ListTensor of Sums stays
+        self._increment = ufl.as_vector(
+            [live_inputs[j] - self.x0[i] for j, i in enumerate(self.live)]
+        )
         self.min_eigenvalue = self.quadrature.function((), "min_tangent_eigenvalue")
         n_modes = getattr(potential, "n_modes", None)
         self.phase_weights = (
@@ -255,7 +266,7 @@ class QuadratureLaw:
         for n, (i, j) in enumerate(zip(*self._upper)):
             entry[i, j] = entry[j, i] = self.H_upper[n]
         H = ufl.as_matrix([[entry[i, j] for j in range(k)] for i in range(k)])
-        dxi = self._live_inputs - ufl.as_vector([self.x0[i] for i in self.live])
+        dxi = self._increment
         return self.psi0 + ufl.dot(self.s, dxi) + 0.5 * ufl.dot(dxi, ufl.dot(H, dxi))
 
     # ----------------------------------------------------------------- evaluation
@@ -344,9 +355,10 @@ class QuadratureLaw:
     def revert(self) -> None:
         """No internal state: nothing to revert (protocol no-op)."""
 
-    def tangent_coefficients(self) -> tuple:
-        """``(H_upper,)``: H multiplies ``x - x0``, zero at the iterate of the last update."""
-        return (self.H_upper,)
+    def increments(self) -> tuple:
+        """``(x_live - x0_live,)``: the UFL increment of the surrogate, zero at the iterate of
+        the last update (``LawNewtonSolver`` drops it from F and J there)."""
+        return (self._increment, *self._increment.ufl_operands)
 
     def check_fixed(self, unknowns) -> None:
         """Raise ValueError if an input marked fixed depends on ``unknowns`` (Function(s))."""

@@ -29,6 +29,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import ufl
+from ufl.algorithms.apply_algebra_lowering import apply_algebra_lowering
 
 from lse_material.fem._dolfinx import dolfinx
 from lse_material.fem.points import QuadraturePoints
@@ -74,7 +75,9 @@ class QuadratureStateLaw:
                 f"mapping by name; {error}"
             ) from error
         self.law, self.mesh = law, mesh
-        self.strain = ufl.as_vector(components)
+        # lowered once, so that the increment stays one node in expanded forms (see
+        # QuadratureLaw)
+        self.strain = apply_algebra_lowering(ufl.as_vector(components))
         self.dt = dt
         self.quadrature = QuadraturePoints(mesh, quadrature_degree)
         self.dx, self.points_per_cell = self.quadrature.dx, self.quadrature.points_per_cell
@@ -82,6 +85,7 @@ class QuadratureStateLaw:
         self.sigma0 = self.quadrature.function((6,), "law_stress")
         self.C = self.quadrature.function((6, 6), "law_tangent")
         self.indicator = self.quadrature.function((), "phase_indicator")
+        self._increment = ufl.as_vector([self.strain[i] - self.eps0[i] for i in range(6)])
         self._expression = self.quadrature.expression(self.strain)
         self.points = MaterialPoints(law, self.quadrature.n_points, device=device)
         self.evaluations = 0
@@ -103,7 +107,7 @@ class QuadratureStateLaw:
 
     def stress(self) -> ufl.core.expr.Expr:
         """σ_L(strain) = σ0 + C (strain - ε0), a UFL Voigt vector (6,)."""
-        return self.sigma0 + ufl.dot(self.C, self.strain - self.eps0)
+        return self.sigma0 + ufl.dot(self.C, self._increment)
 
     def update(self, *, check_box: bool = True) -> None:
         """Trial step at the current strain (from the committed state); refill the Functions.
@@ -139,9 +143,10 @@ class QuadratureStateLaw:
     def check_fixed(self, unknowns) -> None:
         """No fixed inputs (protocol no-op)."""
 
-    def tangent_coefficients(self) -> tuple:
-        """``(C,)``: the tangent multiplies ``ε - ε0``, zero at the iterate of the last update."""
-        return (self.C,)
+    def increments(self) -> tuple:
+        """``(ε - ε0,)``: zero at the iterate of the last update (``LawNewtonSolver`` drops
+        it from F and J there)."""
+        return (self._increment, *self._increment.ufl_operands)
 
     def commit(self) -> None:
         """Accept the last trial (after a converged step)."""
