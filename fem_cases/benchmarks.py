@@ -55,9 +55,11 @@ def bench_bvp(
 
     Both solves use the same mesh, elements, quadrature (degree 4, the law's points) and solver;
     c is the prescribed field, marked fixed in the law (in 3-D: H is 6×6, the strains only).
-    The first (JIT-compiling) solves are discarded; then ``repeats`` pairs are timed (law, then
-    UFL, one after the other in this process, so both see the same machine load), and the
-    ratio is the median of the pairs' ratios (with the ratio of the best times beside it). Per form: the median run's seconds per iteration
+    The first (JIT-compiling) solves are discarded; then ``repeats`` pairs are timed (one
+    after the other in this process, so both see the same machine load; law first in even
+    pairs, UFL first in odd ones, so that a drift of the machine's speed cancels), and the
+    ratio is the median of the pairs' ratios (with the ratio of the best times beside it).
+    Per form: the median run's seconds per iteration
     by part (law update, residual and Jacobian assembly, the rest: the MUMPS solves, the line
     search). Writes ``out/summary.json``.
 
@@ -91,8 +93,9 @@ def bench_bvp(
     solve_block(potential, mesh_n=2, **options)  # compile the forms once
     solve_block(None, mesh_n=2, **options)
     runs = {"law": [], "ufl": []}
-    for _ in range(repeats):
-        for name, p in (("law", potential), ("ufl", None)):
+    for i in range(repeats):
+        pair = [("law", potential), ("ufl", None)]
+        for name, p in pair if i % 2 == 0 else pair[::-1]:  # alternated: a drift cancels
             runs[name].append(solve_block(p, mesh_n=mesh, stretch=stretch, **options))
     ratios = [
         a.seconds_per_iteration / b.seconds_per_iteration for a, b in zip(runs["law"], runs["ufl"])

@@ -33,7 +33,10 @@ import collections.abc
 import importlib.metadata
 import importlib.util
 import inspect
+import os
 import sys
+import time
+import traceback
 import types
 import typing
 from collections.abc import Callable
@@ -245,9 +248,39 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _mpi_world():
+    """MPI's COMM_WORLD when this process is one of several MPI ranks, else None."""
+    mpi = sys.modules.get("mpi4py.MPI")  # a verb that runs under MPI has imported it
+    if mpi is None or not mpi.Is_initialized() or mpi.Is_finalized():
+        return None
+    return mpi.COMM_WORLD if mpi.COMM_WORLD.size > 1 else None
+
+
+def _end_mpi_run(code: int) -> None:
+    """Under mpirun (more than one rank), after an error: exit now with ``code``, once every
+    rank has reported its error (or after 30 s), skipping the interpreter's teardown.
+
+    Objects whose destruction is collective (MUMPS factors inside a SNES, VTX writers) would be
+    destroyed in a different order on ranks that raised from different lines (rank 0's error
+    carries its cause), and the run would hang at exit. A rank that raised alone while the
+    others wait in a collective ends after the timeout, and mpirun then stops the others.
+    """
+    world = _mpi_world()
+    if world is None:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    request, deadline = world.Ibarrier(), time.monotonic() + 30.0
+    while not request.Test() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one verb. Bad input (ValueError, FileNotFoundError): one line on stderr, exit 2;
-    an interrupt (Ctrl-C, or a verb's KeyboardInterrupt subclass): one line, exit 130."""
+    an interrupt (Ctrl-C, or a verb's KeyboardInterrupt subclass): one line, exit 130; any
+    other error: its traceback, exit 1. Under mpirun every rank reports and exits
+    (``_end_mpi_run``)."""
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
     options = {k: v for k, v in vars(args).items() if k not in ("verb", "what", "func")}
@@ -255,10 +288,17 @@ def main(argv: list[str] | None = None) -> int:
         args.func(**options)
     except (ValueError, FileNotFoundError) as error:
         print(f"lse-material: error: {error}", file=sys.stderr)
+        _end_mpi_run(2)
         return 2
     except KeyboardInterrupt as error:
         print(f"lse-material: {error or 'interrupted'}", file=sys.stderr)
+        _end_mpi_run(130)
         return 130
+    except Exception:
+        if _mpi_world() is not None:  # serial: Python prints it
+            traceback.print_exc()
+            _end_mpi_run(1)
+        raise
     return 0
 
 
