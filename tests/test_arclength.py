@@ -8,9 +8,7 @@ element), the load then falls as that element softens, and never below A_min σ(
 re-stiffens. The law is a QuadratureLaw on an AnalyticPotential (real DOLFINx, PETSc, SLEPc).
 """
 
-import gc
 import math
-import weakref
 
 import numpy as np
 import pytest
@@ -130,14 +128,3 @@ def test_bad_arguments_raise_clearly():
         solver.trace(end=1.0, step=0.1, direction=2)
     with pytest.raises(TypeError, match="scalar dolfinx.fem.Constant"):
         ArcLengthSolver(solver.problem.F, u, [], load=1.0)
-
-
-def test_a_dropped_solver_frees_its_mesh_and_its_petsc_objects():
-    """The SNES callbacks hold the solver weakly (``weak_callback``): a solver that is no longer
-    referenced is collected with its mesh (and communicators) after a traced step."""
-    solver, u = _chain()
-    solver.trace(end=0.05, step=0.05, max_steps=1)
-    mesh = weakref.ref(u.function_space.mesh)
-    del solver, u
-    gc.collect()
-    assert mesh() is None

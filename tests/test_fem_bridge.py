@@ -2,11 +2,9 @@
 inputs by name, prescribed fields marked fixed, clear errors that name the input (serial and on
 one of two ranks), diagnostics, serial = MPI, a rank without cells."""
 
-import gc
 import json
 import subprocess
 import sys
-import weakref
 from pathlib import Path
 
 import numpy as np
@@ -406,17 +404,3 @@ def test_the_driver_takes_laws_of_the_protocol_only():
 
     with pytest.raises(TypeError, match=r"UpdateOnly is not a law .* lacks \['check_training_box'"):
         LawNewtonSolver(F, u, [law, UpdateOnly()], prefix="protocol_")
-
-
-def test_a_dropped_solver_frees_its_mesh_and_law():
-    """LawNewtonSolver's SNES callbacks hold it weakly: after a solve with a law and the energy
-    objective, dropping the results frees the mesh (before, every solver of a loop stayed
-    alive with its mesh and communicators, until MPI ran out of them)."""
-    from lse_material.fem_cases.verification import solve_block
-
-    result = solve_block(mc.potential(), mesh_n=2, energy_objective=True)
-    assert result.newton.converged
-    freed = weakref.ref(result.u.function_space.mesh)
-    del result
-    gc.collect()
-    assert freed() is None

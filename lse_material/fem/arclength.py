@@ -52,7 +52,7 @@ from petsc4py import PETSc  # lse_material.fem imports dolfinx_solver first
 from slepc4py import SLEPc
 
 from lse_material.fem._dolfinx import dolfinx
-from lse_material.fem.newton import LawNewtonSolver, NewtonResult, weak_callback
+from lse_material.fem.newton import LawNewtonSolver, NewtonResult
 
 __all__ = ["ArcLengthPath", "ArcLengthPoint", "ArcLengthSolver", "CriticalPoint", "Stability"]
 
@@ -185,12 +185,23 @@ class ArcLengthSolver(LawNewtonSolver):
         snes.setType(PETSc.SNES.Type.NEWTONAL)  # in code, before the AL function (see above)
         b, (law_function, _, _) = snes.getFunction()
         self._assemble = law_function  # LawNewtonSolver's: laws refreshed, then DOLFINx assembly
-        snes.setFunction(weak_callback(self._function_callback), b)
-        snes.setNewtonALFunction(weak_callback(self._tangent_load_callback))
+
+        def function(snes_, x, b_):
+            self._apply(self._base + self._sign * snes_.getNewtonALLoadParameter())
+            law_function(snes_, x, b_)
+
+        def tangent_load(snes_, x, q):
+            self._load_vector(
+                snes_, x, q, self._base + self._sign * snes_.getNewtonALLoadParameter()
+            )
+            q.scale(self._sign)
+
+        snes.setFunction(function, b)
+        snes.setNewtonALFunction(tangent_load)
         kind = PETSc.SNES.NewtonALCorrectionType
         self._correction = kind.EXACT if correction == "exact" else kind.NORMAL
         snes.setNewtonALCorrectionType(self._correction)
-        snes.setConvergenceTest(weak_callback(self._convergence_test))
+        snes.setConvergenceTest(self._convergence_test)
         self._work = b.duplicate()
         self._mass = self._mass_matrix(bcs)
         self._factor_ksp = self._ksp("cholesky", self.A)
@@ -214,16 +225,6 @@ class ArcLengthSolver(LawNewtonSolver):
         self.load.value = value
         for g, unit in self._scaled:
             g.x.array[:] = value * unit
-
-    def _function_callback(self, snes, x, b) -> None:
-        """F at (x, Λ(λ)): the load applied, then LawNewtonSolver's residual callback."""
-        self._apply(self._base + self._sign * snes.getNewtonALLoadParameter())
-        self._assemble(snes, x, b)
-
-    def _tangent_load_callback(self, snes, x, q) -> None:
-        """q = -∂F/∂λ at x: the load vector, signed by the direction of travel."""
-        self._load_vector(snes, x, q, self._base + self._sign * snes.getNewtonALLoadParameter())
-        q.scale(self._sign)
 
     def _load_vector(self, snes, x, q, value: float) -> None:
         """q = -∂F/∂Λ at (x, value) = F(x, value) - F(x, value + 1) (F is affine in Λ)."""

@@ -17,7 +17,6 @@ import contextlib
 import math
 import re
 import time
-import weakref
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -37,7 +36,6 @@ __all__ = [
     "SolveTimings",
     "convergence_orders",
     "solve_with_cuts",
-    "weak_callback",
 ]
 
 
@@ -189,50 +187,45 @@ class LawNewtonSolver:
         if preset is not None and preset.configure is not None:
             preset.configure(self.problem)
         snes = self.problem.solver
-        b, self._assemble_residual = snes.getFunction()  # DOLFINx's (callback, args, kwargs)
-        A, P, self._assemble_jacobian = snes.getJacobian()
-        snes.setFunction(weak_callback(self._residual_callback), b)
-        snes.setJacobian(weak_callback(self._jacobian_callback), A, P)
+        b, (assemble_f, f_args, f_kwargs) = snes.getFunction()
+        A, P, (assemble_j, j_args, j_kwargs) = snes.getJacobian()
+
+        def function(snes_, x, b_):
+            self._refresh(x)
+            with self._timed("residual_assembly"):
+                assemble_f(snes_, x, b_, *f_args, **f_kwargs)
+
+        def jacobian(snes_, x, A_, P_):
+            self._refresh(x)
+            with self._timed("jacobian_assembly"):
+                assemble_j(snes_, x, A_, P_, *j_args, **j_kwargs)
+
+        snes.setFunction(function, b)
+        snes.setJacobian(jacobian, A, P)
         self._last_x: np.ndarray | None = None
         self._error: BaseException | None = None
         self._seconds = dict.fromkeys(SolveTimings._fields[:3], 0.0)
         self.residual_norms: list[float] = []
-        snes.setMonitor(weak_callback(self._monitor_callback))
+        snes.setMonitor(lambda _snes, _it, norm: self.residual_norms.append(float(norm)))
         self._objective_at = None
-        self._energy_form = None
-        if energy is not None:  # laws refreshed at x: their increments are zero there
-            self._energy_form = dolfinx.fem.form(at_iterate(energy, self.laws))
-            snes.setObjective(weak_callback(self._objective_callback))
+        if energy is not None:
+            energy_form = dolfinx.fem.form(at_iterate(energy, self.laws))  # laws refreshed at x
 
-    # ----------------------------------------------------------------- SNES callbacks
-    def _residual_callback(self, snes, x, b) -> None:
-        self._refresh(x)
-        assemble, args, kwargs = self._assemble_residual
-        with self._timed("residual_assembly"):
-            assemble(snes, x, b, *args, **kwargs)
+            def objective(_snes, x):
+                # PETSc asks again at the accepted point of the last line search: reuse it
+                current, known = x.getArray(readonly=True), self._objective_at
+                same = known is not None and np.array_equal(known[0], current)
+                if self.comm.allreduce(same, op=MPI.LAND):
+                    return known[1]
+                self._refresh(x)
+                x.ghostUpdate(addv=PETSc.InsertMode.INSERT, mode=PETSc.ScatterMode.FORWARD)
+                dolfinx.fem.petsc.assign(x, self.u)
+                local = dolfinx.fem.assemble_scalar(energy_form)
+                value = self.comm.allreduce(local, op=MPI.SUM)
+                self._objective_at = (current.copy(), value)
+                return value
 
-    def _jacobian_callback(self, snes, x, A, P) -> None:
-        self._refresh(x)
-        assemble, args, kwargs = self._assemble_jacobian
-        with self._timed("jacobian_assembly"):
-            assemble(snes, x, A, P, *args, **kwargs)
-
-    def _monitor_callback(self, snes, iteration, norm) -> None:
-        self.residual_norms.append(float(norm))
-
-    def _objective_callback(self, snes, x) -> float:
-        # PETSc asks again at the accepted point of the last line search: reuse it
-        current, known = x.getArray(readonly=True), self._objective_at
-        same = known is not None and np.array_equal(known[0], current)
-        if self.comm.allreduce(same, op=MPI.LAND):
-            return known[1]
-        self._refresh(x)
-        x.ghostUpdate(addv=PETSc.InsertMode.INSERT, mode=PETSc.ScatterMode.FORWARD)
-        dolfinx.fem.petsc.assign(x, self.u)
-        local = dolfinx.fem.assemble_scalar(self._energy_form)
-        value = self.comm.allreduce(local, op=MPI.SUM)
-        self._objective_at = (current.copy(), value)
-        return value
+            snes.setObjective(objective)
 
     @property
     def comm(self):
@@ -297,28 +290,6 @@ class LawNewtonSolver:
             snes.getLinearSolveIterations(),
             timings,
         )
-
-
-def weak_callback(method: Callable) -> Callable:
-    """The bound ``method`` as a PETSc callback that does not keep its object alive.
-
-    PETSc holds callbacks in C, where Python's garbage collector cannot see a cycle (solver
-    -> SNES -> callback -> solver): with the bound method itself, every solver would keep its
-    mesh, matrices and MPI communicators for the life of the process (a loop of solves runs
-    out of communicators after about two thousand). RuntimeError if the object is gone.
-    """
-    reference, name = weakref.WeakMethod(method), method.__qualname__  # no strong reference
-
-    def callback(*args):
-        bound = reference()
-        if bound is None:
-            raise RuntimeError(
-                f"{name}: its solver was garbage-collected; keep a reference to "
-                "the solver (not only to its SNES or problem) while solving."
-            )
-        return bound(*args)
-
-    return callback
 
 
 def at_iterate(forms, laws: Sequence):
