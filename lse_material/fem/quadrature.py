@@ -205,8 +205,9 @@ class QuadratureLaw:
         # lowered once (dot, transpose, ... to index notation), as UFL lowers a form before
         # differentiating it, so that this increment stays one node in the expanded forms
         # (``increments()``, which LawNewtonSolver sets to zero at the iterate)
-        live_inputs = apply_algebra_lowering(ufl.as_vector([components[i] for i in self.live]))
-        self._live_inputs = live_inputs
+        self._live_inputs = apply_algebra_lowering(
+            ufl.as_vector([components[i] for i in self.live])
+        )
         self._expression = self.quadrature.expression(
             ufl.as_vector([components[i] for i in self._evaluated])
         )
@@ -218,7 +219,7 @@ class QuadratureLaw:
         self.psi0 = self.quadrature.function((), "law_energy")
         # componentwise: indexing a vector Sum distributes it, a ListTensor of Sums stays
         self._increment = ufl.as_vector(
-            [live_inputs[j] - self.x0[i] for j, i in enumerate(self.live)]
+            [self._live_inputs[j] - self.x0[i] for j, i in enumerate(self.live)]
         )
         self.min_eigenvalue = self.quadrature.function((), "min_tangent_eigenvalue")
         n_modes = getattr(potential, "n_modes", None)
@@ -266,7 +267,7 @@ class QuadratureLaw:
         for n, (i, j) in enumerate(zip(*self._upper)):
             entry[i, j] = entry[j, i] = self.H_upper[n]
         H = ufl.as_matrix([[entry[i, j] for j in range(k)] for i in range(k)])
-        dxi = self._increment
+        dxi = self._increment  # x_live - x0_live
         return self.psi0 + ufl.dot(self.s, dxi) + 0.5 * ufl.dot(dxi, ufl.dot(H, dxi))
 
     # ----------------------------------------------------------------- evaluation
@@ -356,8 +357,9 @@ class QuadratureLaw:
         """No internal state: nothing to revert (protocol no-op)."""
 
     def increments(self) -> tuple:
-        """``(x_live - x0_live,)``: the UFL increment of the surrogate, zero at the iterate of
-        the last update (``LawNewtonSolver`` drops it from F and J there)."""
+        """The UFL increment x_live - x0_live of the surrogate (the vector, then each of its
+        components: a form may hold either), zero at the iterate of the last update
+        (``LawNewtonSolver`` drops it from F and J there)."""
         return (self._increment, *self._increment.ufl_operands)
 
     def check_fixed(self, unknowns) -> None:

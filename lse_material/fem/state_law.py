@@ -144,8 +144,8 @@ class QuadratureStateLaw:
         """No fixed inputs (protocol no-op)."""
 
     def increments(self) -> tuple:
-        """``(ε - ε0,)``: zero at the iterate of the last update (``LawNewtonSolver`` drops
-        it from F and J there)."""
+        """``ε - ε0`` (the vector, then each of its components), zero at the iterate of the
+        last update (``LawNewtonSolver`` drops it from F and J there)."""
         return (self._increment, *self._increment.ufl_operands)
 
     def commit(self) -> None:
