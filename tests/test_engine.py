@@ -475,6 +475,9 @@ def test_mechanochemical_example_is_the_verbs_config():
     assert asdict(example.fit) == asdict(verb.fit)
 
 
+REFINE_CI = 200  # L-BFGS iterations of the small runs' fine-tunes and polish
+
+
 def _train_mechanochemical_example(
     tmp_path, samples: int, epochs: int, pretrain_epochs: int, log_every: int = 10
 ):
@@ -491,6 +494,8 @@ def _train_mechanochemical_example(
         f"data.file={json.dumps(str(file))}",
         f"fit.epochs={epochs}",
         f"fit.pretrain_epochs={pretrain_epochs}",
+        f"fit.finetune_epochs={REFINE_CI}",
+        f"fit.polish_epochs={REFINE_CI}",
         "fit.device='cpu'",
         "output.plots=false",
         f"output.log_every={log_every}",
@@ -517,7 +522,10 @@ def test_mechanochemical_csv_through_train_data_reproduces_the_verb(tmp_path):
 
     size = dict(samples=300, epochs=40, pretrain_epochs=20)
     generic = _train_mechanochemical_example(tmp_path / "csv", **size, log_every=7)
-    verb = train_mechanochemical(out=tmp_path / "verb", seed=0, plots=False, device="cpu", **size)
+    refine = dict(finetune_iterations=REFINE_CI, polish_iterations=REFINE_CI)
+    verb = train_mechanochemical(
+        out=tmp_path / "verb", seed=0, plots=False, device="cpu", **size, **refine
+    )
     a, b = generic.model.state_dict(), verb.model.state_dict()
     assert a.keys() == b.keys()
     for name in set(a) - {"energy_shift"}:  # the verb fixes ψ's constant on the data model's ψ

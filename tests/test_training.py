@@ -72,6 +72,38 @@ def test_rejected_elimination_restores_members_exactly():
         assert torch.equal(v, state[k]), k
 
 
+def test_lbfgs_refines_below_adams_floor_and_keeps_closed_gates_closed():
+    """The L-BFGS refinement after Adam: the loss falls well below where Adam stalls, a
+    closed gate stays exactly 0, the history has one record per chunk, and L1 is refused."""
+    model, x, loss = _quadratic_problem(ensemble=None)
+    fit(model, loss, FitOptions(epochs=300, l1=0.0, lr_network=1e-2, progress=False))
+    with torch.no_grad():
+        model.gate_weights[3] = 0.0
+    adam = float(loss().detach())
+    refined = fit(
+        model, loss, FitOptions(epochs=200, l1=0.0, optimizer="lbfgs", log_every=50, progress=False)
+    )
+    assert float(loss().detach()) < 0.1 * adam, adam
+    assert float(model.gates()[3]) == 0.0
+    assert refined.epoch[0] == 50 and len(refined.epoch) <= 4 and refined.epoch[-1] <= 200
+    assert refined.loss[-1] == pytest.approx(float(loss().detach()))
+    with pytest.raises(ValueError, match="without L1.*l1=0.001"):
+        FitOptions(epochs=10, l1=1e-3, optimizer="lbfgs")
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        FitOptions(epochs=10, optimizer="sgd")
+
+
+def test_elimination_records_each_try():
+    model, x, loss = _quadratic_problem()
+    options = FitOptions(epochs=20, l1=0.0, progress=False, optimizer="lbfgs", log_every=20)
+    result = prune_by_elimination(
+        model, loss, x, finetune=options, accept=lambda b, a: torch.zeros_like(a, dtype=bool)
+    )
+    for tries in result.tries:  # every try rejected: each mode tried once, down to one left
+        assert sorted(t["mode"] for t in tries) == [0, 1, 2, 3]
+        assert all(not t["kept"] and t["loss_after"] > 0 < t["loss_before"] for t in tries)
+
+
 def test_checkpoint_resume_continues_the_same_run(tmp_path):
     model, x, loss = _quadratic_problem(ensemble=None)
     init = {k: v.clone() for k, v in model.state_dict().items()}

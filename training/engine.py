@@ -17,7 +17,11 @@ any key) drives ``train``:
    data, ``fit`` (Adam, two groups, proximal L1 after a warm-up), ``fold_gates``, optionally the
    greedy elimination (a removal is kept when the training loss after the fine-tune is
    ``<= tolerance`` or ``<= elimination_growth×`` the loss before, 1.21 by default [ours]),
-   optionally a polish without L1 (``fit.polish_lr_network``: its network learning rate);
+   optionally a polish without L1 (``fit.polish_lr_network``: its network learning rate).
+   ``fit.refine = "lbfgs"`` [ours] runs the fine-tunes and the polish as full-batch L-BFGS
+   (``finetune_epochs`` and ``polish_epochs`` count its iterations) and refines the whole
+   model once before the elimination, so each removal is judged against a converged loss
+   rather than Adam's noise floor;
 4. the member with the smallest validation loss is saved (``model.safetensors`` with the
    training box of the data, input names and units, metrics, the config and the data file's
    SHA-256); every seed's validation loss, active modes, ρ and minima (``lse_material.wells``)
@@ -56,6 +60,7 @@ from lse_material.training.datafile import (
     split_rows,
 )
 from lse_material.training.fit import (
+    OPTIMIZERS,
     FitOptions,
     FitResult,
     fit,
@@ -160,7 +165,9 @@ class FitConfig:
     elimination; tolerance: the normalised training loss a removal may reach; finetune_epochs:
     per elimination round; elimination_growth: the factor by which a removal may raise the
     training loss and still be kept (1.21 [ours]). polish_epochs: a final fit without L1 (0: none);
-    polish_lr_network: its network learning rate (0: lr_network). pretrain_epochs:
+    polish_lr_network: its network learning rate (0: lr_network). refine: the optimiser of the
+    fine-tunes and the polish, "adam" or "lbfgs" (L-BFGS: the epochs count iterations, the
+    whole model is refined before the elimination, polish_lr_network stays 0). pretrain_epochs:
     before the fit, each mode alone fitted to the fluxes of its candidate's Voronoi region,
     then the modes' constants matched (``training.mode_init``; needs model.init = "wells" and
     seeds = 1; 0: none). seeds: ensemble
@@ -180,6 +187,7 @@ class FitConfig:
     elimination_growth: float = 1.21
     polish_epochs: int = 0
     polish_lr_network: float = 0.0
+    refine: str = "adam"
     pretrain_epochs: int = 0
     seeds: int = 1
     seed: int = 0
@@ -200,6 +208,13 @@ class FitConfig:
                 raise ConfigError(f"fit.{name} must be >= 0; got {getattr(self, name)}.")
         if self.seeds < 1:
             raise ConfigError(f"fit.seeds must be >= 1; got {self.seeds}.")
+        if self.refine not in OPTIMIZERS:
+            raise ConfigError(f"fit.refine must be one of {list(OPTIMIZERS)}; got {self.refine!r}.")
+        if self.refine == "lbfgs" and self.polish_lr_network:
+            raise ConfigError(
+                'fit.polish_lr_network is an Adam learning rate; with fit.refine = "lbfgs" '
+                f"(a line search) leave it 0; got {self.polish_lr_network}."
+            )
         if self.elimination and (
             self.finetune_epochs < 1 or not self.tolerance > 0 or not self.elimination_growth >= 1
         ):
@@ -632,6 +647,7 @@ class _Phases(NamedTuple):
     monitor: dict
     removed: list[int]
     rounds: int
+    tries: list[list[dict]]
     fit_seconds: float
     seconds: float
 
@@ -670,20 +686,27 @@ def _run_phases(model: LSEICNN, problem: _Problem, config: TrainConfig, out: Pat
         )
     fit_seconds = history.seconds
     fold_gates(model)
-    removed, rounds = [0] * f.seeds, 0
+    removed, rounds, tries = [0] * f.seeds, 0, [[] for _ in range(f.seeds)]
+    finetune = f.options(
+        epochs=f.finetune_epochs,
+        l1=0.0,
+        progress=False,
+        log_every=f.finetune_epochs,
+        optimizer=f.refine,
+    )
     if f.elimination:
+        if f.refine == "lbfgs":  # the loss before a removal, converged like the loss after it
+            fit(model, train_loss, finetune, description="refine")
         result = prune_by_elimination(
             model,
             train_loss,
             problem.train.x,
-            finetune=f.options(
-                epochs=f.finetune_epochs, l1=0.0, progress=False, log_every=f.finetune_epochs
-            ),
+            finetune=finetune,
             accept=lambda before, after: (
                 (after <= f.tolerance) | (after <= f.elimination_growth * before)
             ),
         )
-        removed, rounds = result.removed, result.rounds
+        removed, rounds, tries = result.removed, result.rounds, result.tries
     if f.polish_epochs:
         fit(
             model,
@@ -693,10 +716,13 @@ def _run_phases(model: LSEICNN, problem: _Problem, config: TrainConfig, out: Pat
                 lr_network=f.polish_lr_network or f.lr_network,
                 l1=0.0,
                 log_every=f.polish_epochs,
+                optimizer=f.refine,
             ),
             description="polish",
         )
-    return _Phases(history, monitor.state, removed, rounds, fit_seconds, time.perf_counter() - t0)
+    return _Phases(
+        history, monitor.state, removed, rounds, tries, fit_seconds, time.perf_counter() - t0
+    )
 
 
 # --------------------------------------------------------------------------- the run
@@ -818,7 +844,11 @@ def _evaluate(
             "dropped_nonfinite": data.dropped,
         },
         "energy_known": "up to an additive constant" if data.energy is None else "absolute",
-        "elimination": {"removed": phases.removed, "rounds": phases.rounds},
+        "elimination": {
+            "removed": phases.removed,
+            "rounds": phases.rounds,
+            "tries": phases.tries,
+        },
         "early_stopped_at": phases.monitor["stopped"],
         "fit_seconds": phases.fit_seconds,
         "fit_epochs": phases.monitor["stopped"] or config.fit.epochs,
