@@ -329,7 +329,15 @@ def test_law_on_the_gpu_fills_the_same_functions(tmp_path):
 
     import lse_material
 
-    train_mechanochemical(out=tmp_path, samples=200, epochs=300, device="cuda", plots=False)
+    train_mechanochemical(
+        out=tmp_path,
+        samples=200,
+        epochs=300,
+        finetune_iterations=100,
+        polish_iterations=100,
+        device="cuda",
+        plots=False,
+    )
     model = lse_material.load(tmp_path / "model.safetensors")
     assert isinstance(model, LSEICNN) and model.card["training"]
     mesh, V, u, c = _block(n=2)

@@ -106,8 +106,9 @@ def trained(mechanochemical_training):
 
 
 def test_training_finds_the_four_wells(trained):
-    """The acceptance of a multi-well law is its wells, not a pooled R² (loosened for CI size:
-    the issue's figures are 0.15 s_e, 10 % of d_e and 20 % of the barrier)."""
+    """The acceptance of a multi-well law is its wells, not a pooled R²: the issue's figures
+    (0.15 s_e, 10 % of d_e, 20 % of the barrier, 4 active modes) hold at CI size too
+    (measured there: 0.006 s_e, 1.0 %, 1.0 %, 4 modes)."""
     out, result = trained
     summary = json.loads((out / "summary.json").read_text())
     match = summary["well_match"]
@@ -117,12 +118,13 @@ def test_training_finds_the_four_wells(trained):
         assert len(minima) == expected and match[name]["missing"] == 0, (name, match[name])
         assert match[name]["extra"] == 0, (name, match[name])
         for m in minima:
-            assert m["distance"] < 0.25, (name, m)  # in units of s_e
+            assert m["distance"] < 0.15, (name, m)  # in units of s_e
     for m in match["c=s_c"]["minima"]:
-        assert abs(m["depth_error"]) < 0.25, m  # relative to d_e, ψ pinned at E = 0
+        assert abs(m["depth_error"]) < 0.10, m  # relative to d_e, ψ pinned at E = 0
     barriers = match["c=s_c"]["barriers"]
     assert len(barriers) == 3 and all(b["error"] is not None for b in barriers), barriers
-    assert max(abs(b["error"]) for b in barriers) < 0.4, barriers
+    assert max(abs(b["error"]) for b in barriers) < 0.20, barriers
+    assert summary["active_modes"] == 4, summary["elimination_tries"]
     # The stress near a variant has the data's sign (the first law got it wrong: -0.76 vs +1.02).
     x = mc.from_order_parameters(
         torch.tensor([[0.0, 0.0, 0.08, 0.0, 0.0, 0.0]], dtype=torch.float64),
@@ -141,15 +143,15 @@ def test_training_finds_the_four_wells(trained):
 def test_training_scores_pooled_near_the_wells_and_along_the_path(trained):
     out, _ = trained
     summary = json.loads((out / "summary.json").read_text())
-    assert min(summary["test_r2"][k] for k in ("S", "mu")) > 0.98, summary["test_r2"]
+    assert min(summary["test_r2"][k] for k in ("S", "mu")) > 0.99, summary["test_r2"]
     near = summary["test_r2_near_wells"]
-    assert min(near["S"], near["mu"]) > 0.85, near
+    assert min(near["S"], near["mu"]) > 0.95, near
     assert all(count > 0 for count in near["points"].values()), near["points"]
-    # Largest S error along the path over the path's max |S|: the issue's 10 % is not reached
-    # (measured 0.28-0.52 at full size, 0.82 at this size: the error sits where the path
-    # crosses the chemical transition); this bound still fails for the first law's -1.3 vs 0
-    # (about 3).
-    assert summary["path_error_inside_box"]["S"] < 1.0, summary["path_error_inside_box"]
+    # Largest S error along the path over the path's max |S|: the issue's 10 % holds at full
+    # size (0.054-0.098 over seeds 0-4 and d_e = 0.2); at this size (fewer samples and epochs)
+    # 0.17 was measured, so the bound is loosened to 0.3. Without the L-BFGS refinement it was
+    # 0.84 here.
+    assert summary["path_error_inside_box"]["S"] < 0.3, summary["path_error_inside_box"]
 
 
 def test_training_writes_model_card_and_figures(trained):

@@ -109,7 +109,9 @@ class FitOptions:
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}.")
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}.")
+            raise ValueError(
+                f"optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}."
+            )
         if self.optimizer == "lbfgs" and self.l1 != 0:
             raise ValueError(
                 f"optimizer 'lbfgs' refines without L1 (the L1 step is Adam's proximal step); "
@@ -156,6 +158,17 @@ class FitResult:
     def save(self, path) -> None:
         """Write the history as JSON to ``path`` atomically."""
         write_json(path, asdict(self))
+
+    def record(self, epoch: int, loss: torch.Tensor, lse: LSEICNN, non_finite: str) -> None:
+        """Append one record (``loss``: per member); raise FloatingPointError(``non_finite``)
+        when the loss is not finite."""
+        if not bool(torch.isfinite(loss).all()):
+            raise FloatingPointError(non_finite)
+        self.epoch.append(epoch)
+        self.loss.append(loss.tolist())
+        self.active_modes.append(lse.active_modes().tolist())
+        self.rho.append(lse.rho().tolist())
+        self.gates.append(lse.gates().tolist())
 
 
 def _parameter_groups(model: torch.nn.Module, lse: LSEICNN, options: FitOptions):
@@ -244,16 +257,13 @@ def fit(
         if epoch % options.log_every == 0 or last:
             with torch.no_grad():
                 total = data_loss + lam * lse.gate_weights.abs().sum(-1)
-                if not bool(torch.isfinite(total).all()):
-                    raise FloatingPointError(
-                        f"{description}: loss became non-finite at epoch {epoch}; "
-                        "lower the learning rates or check the data normalisation."
-                    )
-                result.epoch.append(epoch)
-                result.loss.append(total.tolist())
-                result.active_modes.append(lse.active_modes().tolist())
-                result.rho.append(lse.rho().tolist())
-                result.gates.append(lse.gates().tolist())
+                result.record(
+                    epoch,
+                    total,
+                    lse,
+                    f"{description}: loss became non-finite at epoch {epoch}; lower the "
+                    "learning rates or check the data normalisation.",
+                )
             if show:
                 bar.set_postfix(loss=f"{float(total.mean()):.3e}")
         if options.progress and not show and (epoch % report_every == 0 or last):
@@ -310,16 +320,13 @@ def _fit_lbfgs(
         done = state["n_iter"]
         with torch.no_grad():
             data_loss = loss_fn()
-        if not bool(torch.isfinite(data_loss).all()):
-            raise FloatingPointError(
+            result.record(
+                done,
+                data_loss,
+                lse,
                 f"{description}: loss became non-finite after {done} L-BFGS iterations; "
-                "check the data normalisation, or refine with optimizer 'adam'."
+                "check the data normalisation, or refine with optimizer 'adam'.",
             )
-        result.epoch.append(done)
-        result.loss.append(data_loss.tolist())
-        result.active_modes.append(lse.active_modes().tolist())
-        result.rho.append(lse.rho().tolist())
-        result.gates.append(lse.gates().tolist())
         if options.progress:
             print(_report_line(description, done, options.epochs, data_loss, lse), file=sys.stderr)
         if converged:
