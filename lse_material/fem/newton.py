@@ -95,6 +95,11 @@ class NewtonResult(NamedTuple):
         return convergence_orders(self.residual_norms)
 
 
+# The relative rounding of an assembled energy below which its changes are not trusted by the
+# energy line search [ours]: about 4500 machine epsilons, for the sum over quadrature points.
+ENERGY_ROUNDING = 1e-12
+
+
 class LawNewtonSolver:
     """Solve ``F(u) = 0`` with SNES, calling ``law.update()`` for every law whenever ``u`` changes.
 
@@ -109,6 +114,11 @@ class LawNewtonSolver:
             it is SNES's objective (``setObjective``, evaluated with the laws refreshed at the
             trial point), so the backtracking line search decreases the energy instead of
             ‖F‖: it cannot climb out of a well. Only for F that is an energy's gradient.
+            Near convergence the energy decrease of a Newton step (∝ ‖F‖²) falls below the
+            rounding of the assembled energy, and backtracking on it would stall; once the
+            predicted decrease ``|ΔE_last|·(‖F_k‖/‖F_k-1‖)²`` is below
+            ``ENERGY_ROUNDING·|E|`` [ours], the solve's remaining steps are full Newton steps
+            (line search ``basic``).
         petsc_options: SNES/KSP options, merged over ``DEFAULT_OPTIONS`` (Newton with
             backtracking line search, direct LU with MUMPS) and the preset's; with another
             ``snes_type`` the default line search is left out (PETSc would warn that it is
@@ -206,7 +216,15 @@ class LawNewtonSolver:
         self._error: BaseException | None = None
         self._seconds = dict.fromkeys(SolveTimings._fields[:3], 0.0)
         self.residual_norms: list[float] = []
-        snes.setMonitor(lambda _snes, _it, norm: self.residual_norms.append(float(norm)))
+        self._line_search = options.get("snes_linesearch_type") if energy is not None else None
+        self._energies: list[float] = []  # the energy at each iterate (with an energy objective)
+
+        def monitor(snes_, _it, norm):
+            self.residual_norms.append(float(norm))
+            if self._line_search is not None:
+                self._finish_in_full_steps_below_rounding(snes_)
+
+        snes.setMonitor(monitor)
         self._objective_at = None
         if energy is not None:
             energy_form = dolfinx.fem.form(at_iterate(energy, self.laws))  # laws refreshed at x
@@ -226,6 +244,22 @@ class LawNewtonSolver:
                 return value
 
             snes.setObjective(objective)
+            self._objective = objective
+
+    def _finish_in_full_steps_below_rounding(self, snes) -> None:
+        """At an iterate (from the monitor): switch the line search to full steps when the
+        next step's predicted energy decrease is below the energy's rounding (collective)."""
+        self._energies.append(self._objective(snes, snes.getSolution()))
+        if len(self._energies) < 2 or self.residual_norms[-2] == 0:
+            return
+        last_decrease = abs(self._energies[-2] - self._energies[-1])
+        predicted = last_decrease * (self.residual_norms[-1] / self.residual_norms[-2]) ** 2
+        line_search = snes.getLineSearch()
+        if (
+            predicted <= ENERGY_ROUNDING * abs(self._energies[-1])
+            and line_search.getType() != "basic"
+        ):
+            line_search.setType("basic")
 
     @property
     def comm(self):
@@ -264,10 +298,15 @@ class LawNewtonSolver:
         self.residual_norms = []
         self._last_x, self._error = None, None
         self._objective_at = None  # (x, energy) of the last objective call; a solve starts afresh
+        self._energies = []
         self._seconds = dict.fromkeys(self._seconds, 0.0)
         t0 = time.perf_counter()
         try:
             with _options_in_database(self.petsc_options, self.prefix):
+                line_search = self.problem.solver.getLineSearch()
+                if self._line_search is not None and line_search.getType() != self._line_search:
+                    line_search.setType(self._line_search)  # the last solve finished in full steps
+                    line_search.setFromOptions()
                 self.problem.solve()
         except Exception as petsc_error:
             if self._error is not None:
