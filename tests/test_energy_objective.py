@@ -23,9 +23,9 @@ def test_energy_objective_converges_to_the_same_solution(potential):
 
 def test_energy_objective_finishes_newton_where_the_energy_is_below_rounding():
     """ψ + 1e9: the same F and J, but ∫ψ dx rounds at about 1e-7, above the energy decrease
-    of Newton's last steps (measured: frozen at ‖F‖ = 2.7e-4 without the full steps). Backtracking on the energy would stall there (the residual frozen
-    until max_it, as the 3-D block with a learned law did at ‖F‖ = 1.8e-9); the last steps are
-    taken in full, so it converges like the plain line search."""
+    of Newton's last steps. Backtracking on that energy stalls (measured without the guard:
+    ‖F‖ frozen at 2.7e-4 until max_it, as the 3-D block with a learned law was at 1.8e-9);
+    with it the last steps are taken in full and the solve converges like the plain one."""
     from lse_material.potential import AnalyticPotential
 
     shifted = AnalyticPotential(lambda x: mc.energy(x) + 1e9, mc.INPUT_NAMES)

@@ -248,17 +248,17 @@ class LawNewtonSolver:
 
     def _finish_in_full_steps_below_rounding(self, snes) -> None:
         """At an iterate (from the monitor): switch the line search to full steps when the
-        next step's predicted energy decrease is below the energy's rounding (collective)."""
+        next step's predicted energy decrease is below the energy's rounding (collective).
+        The energy at the iterate is the value the line search asks for there anyway (cached)."""
+        line_search = snes.getLineSearch()
+        if line_search.getType() == "basic":  # switched already: no more energies needed
+            return
         self._energies.append(self._objective(snes, snes.getSolution()))
         if len(self._energies) < 2 or self.residual_norms[-2] == 0:
             return
         last_decrease = abs(self._energies[-2] - self._energies[-1])
         predicted = last_decrease * (self.residual_norms[-1] / self.residual_norms[-2]) ** 2
-        line_search = snes.getLineSearch()
-        if (
-            predicted <= ENERGY_ROUNDING * abs(self._energies[-1])
-            and line_search.getType() != "basic"
-        ):
+        if predicted <= ENERGY_ROUNDING * abs(self._energies[-1]):
             line_search.setType("basic")
 
     @property
