@@ -354,6 +354,13 @@ def curve_distance(a: dict, b: dict) -> dict:
     branch from there to the next limit point (the snap-back), F interpolated in u on each
     branch (monotone there). ``limit_force``, ``limit_displacement``, ``peak_force``: the
     differences of the first limit point's coordinates and of the peak (nucleation) force.
+    ``ascending_normal``, ``descending_normal``: the same branches compared by distance in the
+    plane (u / U, F / a's peak force), U = a's displacement from the start to its peak force:
+    the largest distance from a point of one run's branch to the other's (the branch as a
+    polyline in path order, one neighbour added at each end so that where a path sample
+    falls does not count), both ways. Each branch ends at a fold, where F(u) has a vertical
+    tangent (F - F* ∝ √|u - u*|), so a gap in F at equal u grows like the square root of a
+    shift of the fold; the distance in the plane stays proportional to it.
     ``curve_distance``: the symmetric Hausdorff distance between the whole polylines in the
     plane (u / a's displacement range, F / a's peak force), which also sees a path that
     takes other branches later. NaN where a run lacks the limit points.
@@ -363,8 +370,9 @@ def curve_distance(a: dict, b: dict) -> dict:
     pa, pb = (np.column_stack([r["displacement"], r["force"]]) / [scale_u, scale_f] for r in (a, b))
     result = {"curve_distance": float(max(_to_polyline(pa, pb).max(), _to_polyline(pb, pa).max()))}
     ends_a, ends_b = _branch_ends(a), _branch_ends(b)
+    plane = np.array([_displacement_to_peak(a) or 1.0, scale_f])
     for name, k in (("ascending", 0), ("descending", 1)):
-        result[name] = math.nan
+        result[name] = result[f"{name}_normal"] = math.nan
         if len(ends_a) > k + 1 and len(ends_b) > k + 1:
             ua, fa = _branch(a, ends_a[k], ends_a[k + 1])
             ub, fb = _branch(b, ends_b[k], ends_b[k + 1])
@@ -373,6 +381,13 @@ def curve_distance(a: dict, b: dict) -> dict:
                 result[name] = float(
                     np.abs(np.interp(ua[inside], ub, fb) - fa[inside]).max() / scale_f
                 )
+            branch_a = _path_points(a, ends_a[k], ends_a[k + 1], 0) / plane
+            branch_b = _path_points(b, ends_b[k], ends_b[k + 1], 0) / plane
+            padded_a = _path_points(a, ends_a[k], ends_a[k + 1], 1) / plane
+            padded_b = _path_points(b, ends_b[k], ends_b[k + 1], 1) / plane
+            result[f"{name}_normal"] = float(
+                max(_to_polyline(branch_a, padded_b).max(), _to_polyline(branch_b, padded_a).max())
+            )
     la, lb = a["limit_points"], b["limit_points"]
     both = bool(la and lb)
     result["limit_force"] = abs(la[0]["force"] - lb[0]["force"]) / scale_f if both else math.nan
@@ -396,6 +411,20 @@ def _branch(run: dict, i: int, j: int) -> tuple[np.ndarray, np.ndarray]:
     u, f = np.asarray(run["displacement"][i : j + 1]), np.asarray(run["force"][i : j + 1])
     order = np.argsort(u)
     return u[order], f[order]
+
+
+def _path_points(run: dict, i: int, j: int, pad: int) -> np.ndarray:
+    """(u, F) of points i - pad .. j + pad (clipped to the path) in path order: (n, 2)."""
+    i, j = max(i - pad, 0), min(j + pad, len(run["force"]) - 1)
+    return np.column_stack([run["displacement"][i : j + 1], run["force"][i : j + 1]])
+
+
+def _displacement_to_peak(run: dict) -> float:
+    """|u at the peak force before the first limit point - u at the start|."""
+    ends = _branch_ends(run)
+    last = ends[1] if len(ends) > 1 else len(run["force"]) - 1
+    peak = int(np.argmax(run["force"][: last + 2]))  # as the summary's peak_force
+    return abs(run["displacement"][peak] - run["displacement"][0])
 
 
 def _to_polyline(points: np.ndarray, line: np.ndarray) -> np.ndarray:

@@ -86,24 +86,56 @@ def test_two_ranks_trace_the_serial_path(serial, tmp_path):
     assert curve_distance(summary, summary)["curve_distance"] == 0.0
 
 
-def test_learned_law_meets_the_analytic_peak_and_first_limit(
-    serial, tmp_path, mechanochemical_training
+def test_learned_law_meets_the_analytic_path_through_the_snap_back(
+    tmp_path, mechanochemical_training
 ):
-    """Issue figures, loosened for the CI-sized law on the tiny bar: the nucleation peak, the
-    first limit force and the ascending branch within 7.5 % of the analytic peak (the issue's
-    5 %; measured 3.2, 4.0 and 3.2 %). The snap-back branch (6-17.5 % at full size) is not
-    asserted: it misses the issue's figure (README)."""
+    """Issue figures, loosened for the CI-sized law on the issue's mesh (40 cells, up to the
+    end of the snap-back): the nucleation peak, the first limit force, the ascending branch
+    and the snap-back branch (by distance in the plane, ``descending_normal``) within 7.5 %
+    of the analytic peak (the issue's 5 %; measured 3.2, 2.9, 3.8 and 3.8 %)."""
     folder, _ = mechanochemical_training
+    size = {"mesh": 40, "max_steps": 30}
+    reference = simulate_bar_transformation(out=tmp_path / "analytic", analytic=True, **size)
     learned = simulate_bar_transformation(
-        out=tmp_path,
+        out=tmp_path / "learned",
         model=folder / "model.safetensors",
-        reference=serial.out / "summary.json",
-        **TINY,
+        reference=reference.out / "summary.json",
+        **size,
     ).summary
     comparison = learned["comparison"]
-    for key in ("peak_force", "limit_force", "ascending"):
+    for key in ("peak_force", "limit_force", "ascending", "descending_normal"):
         assert comparison[key] < 0.075, (key, comparison)
     assert learned["steps_to_first_limit"] <= 30, learned["steps_to_first_limit"]
+
+
+def _folded_run(shift: float) -> dict:
+    """A synthetic path: up a line to a fold at (0, 1), back down a parabola to a second fold
+    at (-0.5 + shift, 0.2), where F(u) has a vertical tangent, and on to F = 0."""
+    up = np.linspace(0.0, 1.0, 101)
+    down = np.linspace(1.0, 0.0, 401)[1:]
+    fold = -0.5 + shift
+    u = np.concatenate([up - 1.0, fold * (1.0 - ((down - 0.2) / 0.8) ** 2)])
+    force = np.concatenate([up, down])
+    limits = [
+        {"index": i, "kind": "limit", "displacement": u[i], "force": force[i]}
+        for i in (100, 100 + int(np.argmin(np.abs(down - 0.2))) + 1)
+    ]
+    return {
+        "displacement": list(u),
+        "force": list(force),
+        "peak_force": 1.0,
+        "limit_points": limits,
+    }
+
+
+def test_branch_distance_in_the_plane_is_proportional_to_a_shift_of_the_fold():
+    """A fold 0.5 % further out: F at equal u differs by ~8 % of the peak (the square root
+    of the shift), the distance in the plane by ~0.5 %."""
+    a, b = _folded_run(0.0), _folded_run(-0.005)
+    assert curve_distance(a, a)["descending_normal"] == 0.0
+    shifted = curve_distance(a, b)
+    assert 0.06 < shifted["descending"] < 0.1, shifted
+    assert 0.003 < shifted["descending_normal"] < 0.007, shifted
 
 
 def test_bad_options_raise(tmp_path):
