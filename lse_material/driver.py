@@ -82,6 +82,10 @@ _FLUX = {"c": "mu"} | {
 _VOIGT = np.array([[0, 5, 4], [5, 1, 3], [4, 3, 2]])
 
 
+FOLD_STIFFNESS = 0.25  # [ours] free-block eigenvalue / its first value below which a failed
+# step is reported as a likely fold of the mixed-control path (``_fold_hint``)
+
+
 class DriveConvergenceError(ValueError):
     """Newton did not converge at a step, even after the allowed step cuts.
 
@@ -92,6 +96,7 @@ class DriveConvergenceError(ValueError):
     """
 
     partial: DriveResult | None = None
+    reached: _Evaluation | None = None  # the last converged sub-step of the failing step
 
 
 def flux_name(name: str) -> str:
@@ -403,7 +408,7 @@ def _advance(point, x, goal_x, goal_flux, prev_flux, free, *, dt, options, max_c
     targets (prescribed entries ignored); ``prev_flux``: the targets at ``x``. Sub-steps are
     committed as they converge; a failed one is reverted and halved.
     """
-    done, size, cuts, iterations = 0.0, 1.0, 0, 0
+    done, size, cuts, iterations, evaluation = 0.0, 1.0, 0, 0, None
     start = x.copy()
     while done < 1.0:
         s = min(1.0, done + size)
@@ -422,13 +427,41 @@ def _advance(point, x, goal_x, goal_flux, prev_flux, free, *, dt, options, max_c
         cuts += 1
         size /= 2
         if cuts > max_cuts:
-            raise DriveConvergenceError(
+            error = DriveConvergenceError(
                 f"step {step}: Newton did not converge after {max_cuts} step cuts (increment "
-                f"cut to {size * 2:.3g} of the step); free-flux residual {solve.residual:.3e} "
-                f"> tolerance {options['tolerance']:.1e}. Take smaller steps, or raise "
-                "--max-iterations / --max-cuts."
+                f"cut to {size * 2:.3g} of the step, {done:.3g} of it reached); free-flux "
+                f"residual {solve.residual:.3e} > tolerance {options['tolerance']:.1e}."
             )
+            error.reached = evaluation  # the last converged sub-step (None: none of them)
+            raise error
     return _Step(x, evaluation, iterations, cuts)
+
+
+def _free_stiffness(tangent: np.ndarray, free: np.ndarray) -> float:
+    """Smallest eigenvalue of the free inputs' block of the (symmetrised) tangent."""
+    block = tangent[np.ix_(free, free)]
+    return float(np.linalg.eigvalsh(0.5 * (block + block.T))[0])
+
+
+def _fold_hint(first: _Evaluation, last: _Evaluation, free: np.ndarray) -> str:
+    """Why a step failed when the free inputs' stiffness is gone ("" while it is not).
+
+    Newton solves the free inputs at the prescribed ones, on the free-free block of the
+    tangent. Where that block turns singular, the free inputs' solution has a fold in the
+    prescribed ones: beyond it no nearby solution exists, and no step cut can help.
+    ``first``, ``last``: the evaluations at the path's first and last converged points.
+    """
+    start, end = _free_stiffness(first.tangent, free), _free_stiffness(last.tangent, free)
+    if not (start > 0 and end <= FOLD_STIFFNESS * start):  # it started stable and lost it
+        return ""
+    return (
+        f" The free inputs' stiffness has fallen: the smallest eigenvalue of their tangent "
+        f"block is {end:.3g} at the last converged point, against {start:.3g} at the first. "
+        "Under this mixed control the path likely has a limit point there (the free inputs "
+        "fold back as the prescribed ones go on), so that no solution lies nearby beyond it: "
+        "prescribe a component that keeps growing through the instability instead, or "
+        "follow the structure by arc-length (lse_material.fem.ArcLengthSolver)."
+    )
 
 
 def _stability(tangent: np.ndarray, columns, directions: int):
@@ -478,6 +511,12 @@ def drive_law(
             )  # fmt: skip
         except DriveConvergenceError as error:
             error.partial = _result(names, free, path.time[:k], rows, columns) if rows else None
+            hint = ""
+            if rows and free.any():
+                last = error.reached or rows[-1][0].evaluation
+                hint = _fold_hint(rows[0][0].evaluation, last, free)
+            advice = " Take smaller steps, or raise --max-iterations / --max-cuts."
+            error.args = (str(error) + (hint or advice),)
             raise
         x, prev_flux = s.x, goal_flux[k]
         rows.append((s, *_stability(s.evaluation.tangent, columns, directions)))

@@ -298,6 +298,7 @@ def test_a_failed_drive_writes_the_points_before_the_failure(tmp_path):
             out=str(tmp_path),
         )
     assert caught.value.partial is not None and caught.value.partial.time.shape == (1,)
+    assert "Take smaller steps" in str(caught.value)  # no fold here: the stiffness is intact
     saved = json.loads((tmp_path / "response.json").read_text())
     assert saved["failed"].startswith("step 1: ") and saved["E33"] == [0.0]
     assert (tmp_path / "response.csv").is_file() and (tmp_path / "response.png").is_file()
@@ -325,3 +326,29 @@ def test_drive_model_file(tmp_path):
     direct = drive_law(law, parse_path(spec, NAMES, fix={"c": 1.0}))
     np.testing.assert_allclose(result.fluxes, direct.fluxes, rtol=1e-12, atol=1e-12)
     assert (tmp_path / "response.csv").is_file()
+
+
+def _plane_strain_S22(E11: float, E22: np.ndarray) -> np.ndarray:
+    """S22 of the analytic ψ at c = 1, plane strain (E33 = shears = 0): (n,)."""
+    x = torch.zeros(len(E22), 7, dtype=torch.float64)
+    x[:, 0], x[:, 1], x[:, 6] = E11, torch.as_tensor(E22), 1.0
+    x.requires_grad_(True)
+    (grad,) = torch.autograd.grad(mc.energy(x).sum(), x)
+    return grad[:, 1].numpy()
+
+
+def test_a_fold_of_the_mixed_control_path_is_named(tmp_path):
+    """Plane-strain uniaxial stress (E22, 2E12 free) from the x-variant: past E11 ≈ 0.008 the
+    lateral equation S22(E22) = 0 has no root left on the branch (its two roots merge, the
+    free stiffness dS22/dE22 goes to 0). The drive stops at that fold and says so."""
+    spec = {"steps": 150, "prescribe": {"E11": [-0.086, 0.064], "E33": 0, "c": 1}}
+    spec |= {"prescribe": spec["prescribe"] | {"2E13": 0, "2E23": 0}, "free": ["E22", "2E12"]}
+    with pytest.raises(DriveConvergenceError, match="limit point") as caught:
+        drive_law(mc.potential(), parse_path(_write(spec), NAMES))
+    # the fold from ψ alone: the largest E11 where S22 still reaches 0 near the branch
+    E22 = np.linspace(0.015, 0.035, 2001)
+    has_root = [_plane_strain_S22(e, E22).min() <= 0 for e in np.arange(0.0, 0.012, 1e-4)]
+    fold = 1e-4 * (np.argmin(has_root) - 1)
+    reached = caught.value.partial.inputs[-1, 0]  # E11 of the last completed step
+    assert fold - 0.001 <= reached <= fold + 1e-4, (reached, fold)
+    assert "Take smaller steps" not in str(caught.value)
