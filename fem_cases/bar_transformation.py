@@ -81,6 +81,7 @@ def simulate_bar_transformation(
     step: float = 0.005,
     max_step: float = 0.005,
     max_steps: int = 300,
+    near_peak: float = 0.0,
     reference: str | Path | None = None,
 ) -> BarResult:
     """Trace the bar's equilibrium path; write summary.json, the PNG and the VTX phase field.
@@ -114,6 +115,10 @@ def simulate_bar_transformation(
         path jump between the many branches of the transformation).
     max_steps
         stop after this many continuation steps.
+    near_peak
+        quarter steps while the path is stable and the force's slope dF/du is below this
+        fraction of the first step's (near the nucleation peak; 0: off). 0.2 passes the
+        first limit point with no failed step, but changes the branches taken after it.
     reference
         another run's summary.json to plot with this one and compare (``comparison``).
     """
@@ -162,10 +167,16 @@ def simulate_bar_transformation(
     points: list = []
     fractions: list = []
     path = p.solver.trace(
-        end=end, step=step, max_step=max_step, max_steps=max_steps, callback=record
+        end=end,
+        step=step,
+        max_step=max_step,
+        max_steps=max_steps,
+        near_peak=near_peak,
+        callback=record,
     )
     writer.close()
     summary = _summary(path, p, mesh, aspect, imperfection, analytic, model)
+    summary["near_peak"] = near_peak
     summary["variant_fractions"] = fractions
     summary["seconds"] = time.perf_counter() - t0
     if other is not None:

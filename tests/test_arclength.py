@@ -126,5 +126,7 @@ def test_bad_arguments_raise_clearly():
         solver.trace(end=1.0, step=0.0)
     with pytest.raises(ValueError, match="direction must be 1 or -1"):
         solver.trace(end=1.0, step=0.1, direction=2)
+    with pytest.raises(ValueError, match="near_peak=1.5"):
+        solver.trace(end=1.0, step=0.1, near_peak=1.5)
     with pytest.raises(TypeError, match="scalar dolfinx.fem.Constant"):
         ArcLengthSolver(solver.problem.F, u, [], load=1.0)

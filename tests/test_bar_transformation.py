@@ -86,15 +86,18 @@ def test_two_ranks_trace_the_serial_path(serial, tmp_path):
     assert curve_distance(summary, summary)["curve_distance"] == 0.0
 
 
+@pytest.mark.parametrize("near_peak", [0.0, 0.2])
 def test_learned_law_meets_the_analytic_path_through_the_snap_back(
-    tmp_path, mechanochemical_training
+    tmp_path, mechanochemical_training, near_peak
 ):
     """Issue figures, loosened for the CI-sized law on the issue's mesh (40 cells, up to the
     end of the snap-back): the nucleation peak, the first limit force, the ascending branch
     and the snap-back branch (by distance in the plane, ``descending_normal``) within 7.5 %
-    of the analytic peak (the issue's 5 %; measured 3.2, 2.9, 3.8 and 3.8 %)."""
+    of the analytic peak (the issue's 5 %; measured 3.2, 2.9, 3.7, 3.8 % by default and 3.2,
+    3.2, 4.6, 3.1 % with near_peak 0.2). With near_peak 0.2 both runs pass the first limit
+    point with no failed step (by default the learned one discards 2 tries there)."""
     folder, _ = mechanochemical_training
-    size = {"mesh": 40, "max_steps": 30}
+    size = {"mesh": 40, "max_steps": 34, "near_peak": near_peak}
     reference = simulate_bar_transformation(out=tmp_path / "analytic", analytic=True, **size)
     learned = simulate_bar_transformation(
         out=tmp_path / "learned",
@@ -105,7 +108,10 @@ def test_learned_law_meets_the_analytic_path_through_the_snap_back(
     comparison = learned["comparison"]
     for key in ("peak_force", "limit_force", "ascending", "descending_normal"):
         assert comparison[key] < 0.075, (key, comparison)
-    assert learned["steps_to_first_limit"] <= 30, learned["steps_to_first_limit"]
+    for run in (reference.summary, learned):
+        assert run["steps_to_first_limit"] <= 30, run["steps_to_first_limit"]
+        if near_peak:
+            assert run["failed_steps_to_first_limit"] == 0, run["cuts"]
 
 
 def _folded_run(shift: float) -> dict:

@@ -413,6 +413,8 @@ class ArcLengthSolver(LawNewtonSolver):
         max_cuts: int = 8,
         grow: float = 1.5,
         easy_iterations: int = 4,
+        near_peak: float = 0.0,
+        near_peak_step: float = 0.25,
         bounds: tuple[float, float] | None = None,
         direction: int = 1,
         callback: Callable[[ArcLengthPoint], None] | None = None,
@@ -426,12 +428,22 @@ class ArcLengthSolver(LawNewtonSolver):
         one in one step (it jumped over critical points, or to another branch) or when its
         chord ΔX points against the previous one (it doubled back), at most ``max_cuts``
         times in a row and not below ``min_step`` (default step/2**max_cuts).
-        Stops after ``max_steps`` steps or when Λ leaves ``bounds``. ``callback(point)`` runs
+        ``near_peak`` (0: off) caps the steps at ``near_peak_step``·step while the path is
+        stable (no negative eigenvalue) and the measure's current stiffness |Δm/ΔΛ| of the
+        last step is below ``near_peak`` times the first step's (Bergan's current stiffness
+        parameter): near a peak of the measure, where an instability follows [ours; meant
+        for a prescribed displacement and a force ``measure``, whose |dm/dΛ| is then the
+        structure's stiffness]. Stops after ``max_steps`` steps or when Λ leaves ``bounds``. ``callback(point)`` runs
         after every converged point (e.g. to write fields). ``direction``: the first step's σ.
         Collective. A step that fails at the smallest size ends the path (``stopped`` says so).
         """
         if not (math.isfinite(step) and step > 0):
             raise ValueError(f"step must be finite and > 0; got {step}.")
+        if not (0 <= near_peak < 1 and 0 < near_peak_step <= 1):
+            raise ValueError(
+                f"need 0 <= near_peak < 1 and 0 < near_peak_step <= 1; got near_peak="
+                f"{near_peak}, near_peak_step={near_peak_step}."
+            )
         if direction not in (1, -1):
             raise ValueError(f"direction must be 1 or -1; got {direction}.")
         max_step = 4 * step if max_step is None else float(max_step)
@@ -462,6 +474,8 @@ class ArcLengthSolver(LawNewtonSolver):
             easy = point.iterations <= easy_iterations
             if easy and point.negative_eigenvalues == points[-2].negative_eigenvalues:
                 size = min(size * grow, max_step)
+            if point.negative_eigenvalues == 0 and _stiffness(points) < near_peak:
+                size = min(size, near_peak_step * step)
             if abs(self.load_value - end) <= 1e-12 * max(1.0, abs(end)):
                 reached = True
                 break
@@ -500,6 +514,17 @@ class ArcLengthSolver(LawNewtonSolver):
             if size < min_step:
                 break
         return _Taken(None, None, None, size, cuts + 1, why)
+
+
+def _stiffness(points: Sequence[ArcLengthPoint]) -> float:
+    """|Δmeasure/Δload| of the last step over the first step's (NaN where undefined)."""
+    if len(points) < 3:
+        return math.nan
+    a, b, y, z = points[0], points[1], points[-2], points[-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        first = np.float64(b.measure - a.measure) / (b.load - a.load)
+        last = np.float64(z.measure - y.measure) / (z.load - y.load)
+        return float(abs(last / first))
 
 
 class _Taken(NamedTuple):
