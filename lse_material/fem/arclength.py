@@ -546,20 +546,23 @@ def critical_points(points: Sequence[ArcLengthPoint]) -> list[CriticalPoint]:
     A change is a *limit point* when the load turns back within a step of it (the direction
     σ changes among the points i-1 .. i+2): located at the extremum of the load, the vertex
     of a parabola through the extreme point and its two neighbours in the path's arc length
-    (the cumulative ``step``), with the measure interpolated linearly there. Otherwise it
-    is a *bifurcation*, located by linear interpolation to ω = 0 where the smallest
-    eigenvalue changes sign, at the midpoint where it stays negative (a further eigenvalue
-    crossing on an unstable branch).
+    (the cumulative ``step``), with the measure interpolated linearly there. A second change
+    at the same turn (a second eigenvalue crossing within a step of the fold) is not a
+    second limit point. Otherwise a change is a *bifurcation*, located by linear
+    interpolation to ω = 0 where the smallest eigenvalue changes sign, at the midpoint where
+    it stays negative (a further eigenvalue crossing on an unstable branch).
     """
-    found = []
+    found, turns = [], set()
     s = np.cumsum([p.step for p in points])
     for i in range(1, len(points)):
         a, b = points[i - 1], points[i]
         if a.negative_eigenvalues == b.negative_eigenvalues:
             continue
         near = {points[j].direction for j in range(i - 1, min(i + 3, len(points)))}
-        if len(near) > 1:  # the load turns back within a step of the change
-            load, measure = _turning_point(points, s, i)
+        turn = _turn_index(points, i) if len(near) > 1 else None  # the load turns back near
+        if turn is not None and turn not in turns:
+            turns.add(turn)
+            load, measure = _turning_point(points, s, turn, a.direction)
             found.append(CriticalPoint("limit", i, load, measure))
             continue
         span = a.min_eigenvalue - b.min_eigenvalue
@@ -576,11 +579,17 @@ def critical_points(points: Sequence[ArcLengthPoint]) -> list[CriticalPoint]:
     return found
 
 
-def _turning_point(points: Sequence[ArcLengthPoint], s: np.ndarray, i: int) -> tuple[float, float]:
-    """(load, measure) at the load's extremum near points i-1, i (see ``critical_points``)."""
+def _turn_index(points: Sequence[ArcLengthPoint], i: int) -> int:
+    """The point of extreme load among i-2 .. i+1 (the load grows along σ of point i-1)."""
     window = [j for j in range(i - 2, i + 2) if 0 <= j < len(points)]
-    up = points[i - 1].direction  # the load grows along σ before the turn
-    k = max(window, key=lambda j: up * points[j].load)
+    return max(window, key=lambda j: points[i - 1].direction * points[j].load)
+
+
+def _turning_point(
+    points: Sequence[ArcLengthPoint], s: np.ndarray, k: int, up: int
+) -> tuple[float, float]:
+    """(load, measure) at the load's extremum, point k (the load grows along σ = ``up``
+    before the turn; see ``critical_points``)."""
     near = [j for j in (k - 1, k, k + 1) if 0 <= j < len(points)]
     load = np.array([points[j].load for j in near])
     measure = np.array([points[j].measure for j in near])
