@@ -433,9 +433,9 @@ class ArcLengthSolver(LawNewtonSolver):
         last step is below ``near_peak`` times the first step's (Bergan's current stiffness
         parameter): near a peak of the measure, where an instability follows [ours; meant
         for a prescribed displacement and a force ``measure``, whose |dm/dΛ| is then the
-        structure's stiffness]. Stops after ``max_steps`` steps or when Λ leaves ``bounds``. ``callback(point)`` runs
-        after every converged point (e.g. to write fields). ``direction``: the first step's σ.
-        Collective. A step that fails at the smallest size ends the path (``stopped`` says so).
+        structure's stiffness]. Stops after ``max_steps`` steps or when Λ leaves ``bounds``.
+        ``callback(point)`` runs after every converged point (e.g. to write fields).
+        ``direction``: the first step's σ. Collective. A step that fails at the smallest size ends the path (``stopped`` says so).
         """
         if not (math.isfinite(step) and step > 0):
             raise ValueError(f"step must be finite and > 0; got {step}.")
