@@ -84,8 +84,8 @@ class FitOptions:
 
     epochs: Adam steps (full batch), or L-BFGS iterations. optimizer: ``"adam"`` or
     ``"lbfgs"`` (full batch, strong-Wolfe line search: no learning rates, no L1, no
-    checkpoints; for fine-tunes and polishes after an Adam fit). lr_network / lr_gates: learning rates of the two groups
-    (defaults 1e-3 / 1e-2). l1: λ of eq. 7. sparsify_after: fraction of the epochs
+    checkpoints; for fine-tunes and polishes after an Adam fit). lr_network / lr_gates:
+    learning rates of the two groups (defaults 1e-3 / 1e-2). l1: λ of eq. 7. sparsify_after: fraction of the epochs
     trained without L1 (fit first). ramp: fraction of the epochs over which λ ramps to its
     value. log_every: epochs between history records. checkpoint_every: epochs between
     resumable checkpoints (0: none). progress: report progress on stderr: a progress bar on a
@@ -382,7 +382,7 @@ def r2_score(pred: torch.Tensor, true: torch.Tensor) -> float:
 class EliminationResult(NamedTuple):
     """Per-member count of modes removed, the number of rounds run, and per member each try
     as ``{"mode", "loss_before", "loss_after" (the training loss before the mode was closed and
-    after the fine-tune), "kept"}``."""
+    after the fine-tune), "kept"}`` (kept: the removal was accepted, the mode stays closed)."""
 
     removed: list[int]
     rounds: int
