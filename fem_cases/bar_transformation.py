@@ -16,14 +16,21 @@ strain, the arc-length load parameter), from Λ = ``start`` to ``end``:
 
 Choices [ours], documented:
 
-- Imperfection: the height is reduced smoothly at mid-length, H(x) = H (1 - δ exp(-((x -
-  L/2)/(0.1 L))²)), δ = ``imperfection`` (2 % by default): the transformation nucleates there.
-- No regularisation: ψ has no gradient term, so the second variant forms in a band of cells
-  (mesh-dependent snap-back; compare meshes with ``mesh``). The same mesh, imperfection and
-  settings serve the learned law and the analytic ψ (``--analytic``, pure UFL).
+- Imperfection: the height is reduced smoothly near mid-length, H(x) = H (1 - δ exp(-((x -
+  0.45 L)/(0.1 L))²)), δ = ``imperfection`` (10 % by default; off-centre, with right-diagonal
+  triangles, so that no exact symmetry leaves a pitchfork on the path): the transformation
+  nucleates there. With δ = 2 % the limit point and a second eigenvalue crossing lie within
+  one default step of each other, and which snap-back branch the path takes there depends
+  on where the steps fall; with 10 % the second crossing comes only at the valley of the
+  snap-back (README, the bar's measurements).
+- Regularisation, used in both runs: ψ has no gradient term, so a discrete strain gradient
+  (``_regularisation``, ℓ = ``length_scale``) widens the nucleus over a few cells; without
+  it the second variant forms in one row of cells (a mesh-dependent snap-back; compare
+  meshes with ``mesh``). The same mesh, imperfection and settings serve the learned law and
+  the analytic ψ (``--analytic``, pure UFL).
 - Arc-length continuation (``lse_material.fem.ArcLengthSolver``: PETSc SNESNEWTONAL, exact
   correction, cylindrical constraint ψ² = 0), the first step ΔΛ = ``step``, at most
-  ``max_step`` (the default: no growth).
+  ``max_step`` (the default: no growth), quarter steps near the force peak (``near_peak``).
 
 Outputs in ``out``: ``summary.json`` (the path as equal-length lists ``displacement``
 (u_x(L)), ``force`` (the reaction on x = L per unit thickness), ``lambda``, ``energy`` (∫ψ
@@ -74,14 +81,14 @@ def simulate_bar_transformation(
     analytic: bool = False,
     mesh: int = 40,
     aspect: int = 10,
-    imperfection: float = 0.02,
+    imperfection: float = 0.10,
     length_scale: float = 0.05,
     start: float = -0.09,
     end: float = 0.06,
     step: float = 0.005,
     max_step: float = 0.005,
     max_steps: int = 300,
-    near_peak: float = 0.0,
+    near_peak: float = 0.2,
     reference: str | Path | None = None,
 ) -> BarResult:
     """Trace the bar's equilibrium path; write summary.json, the PNG and the VTX phase field.
@@ -117,8 +124,9 @@ def simulate_bar_transformation(
         stop after this many continuation steps.
     near_peak
         quarter steps while the path is stable and the force's slope dF/du is below this
-        fraction of the first step's (near the nucleation peak; 0: off). 0.2 passes the
-        first limit point with no failed step, but changes the branches taken after it.
+        fraction of the first step's (near the nucleation peak; 0: off): with 0.2 the
+        path passes the first limit point with no failed step and locates it within a
+        quarter step.
     reference
         another run's summary.json to plot with this one and compare (``comparison``).
     """

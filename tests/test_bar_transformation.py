@@ -33,8 +33,8 @@ def test_analytic_bar_writes_the_path_through_a_limit_point(serial):
     assert (negative[:first] == 0).all() and negative[first:].max() >= 1
     assert force[first:].min() < 0.8 * summary["peak_force"]  # down the descending branch
     # The issue: the first limit point within 30 steps, no failed step at the default size
-    # (mesh 40: 12 steps, 0 failed). At this CI mesh: 13 steps, 2 failed (retried).
-    assert summary["steps_to_first_limit"] <= 30 and summary["failed_steps_to_first_limit"] <= 2
+    # (mesh 20, 40, 80: 15 steps, 0 failed; this CI mesh: 14 steps, 0 failed).
+    assert summary["steps_to_first_limit"] <= 30 and summary["failed_steps_to_first_limit"] == 0
     fractions = np.array(summary["variant_fractions"])  # (points, 3)
     assert fractions.shape == (n, 3) and np.allclose(fractions.sum(1), 1.0)
     assert fractions[0, 0] == 1.0  # the start: all in the variant contracted along x
@@ -86,18 +86,16 @@ def test_two_ranks_trace_the_serial_path(serial, tmp_path):
     assert curve_distance(summary, summary)["curve_distance"] == 0.0
 
 
-@pytest.mark.parametrize("near_peak", [0.0, 0.2])
 def test_learned_law_meets_the_analytic_path_through_the_snap_back(
-    tmp_path, mechanochemical_training, near_peak
+    tmp_path, mechanochemical_training
 ):
-    """Issue figures, loosened for the CI-sized law on the issue's mesh (40 cells, up to the
-    end of the snap-back): the nucleation peak, the first limit force, the ascending branch
-    and the snap-back branch (by distance in the plane, ``descending_normal``) within 7.5 %
-    of the analytic peak (the issue's 5 %; measured 3.2, 2.9, 3.7, 3.8 % by default and 3.2,
-    3.2, 4.6, 3.1 % with near_peak 0.2). With near_peak 0.2 both runs pass the first limit
-    point with no failed step (by default the learned one discards 2 tries there)."""
+    """Issue figures, loosened for the CI-sized law on the issue's mesh (40 cells, the
+    defaults, up to the end of the snap-back): the nucleation peak, the first limit force,
+    and the ascending and snap-back branches (by distance in the plane, ``*_normal``) within
+    7.5 % of the analytic peak (the issue's 5 %; measured 3.1, 4.0, 4.0, 0.7 %); both runs pass the first
+    limit point within 30 steps with no failed step."""
     folder, _ = mechanochemical_training
-    size = {"mesh": 40, "max_steps": 34, "near_peak": near_peak}
+    size = {"mesh": 40, "max_steps": 34}
     reference = simulate_bar_transformation(out=tmp_path / "analytic", analytic=True, **size)
     learned = simulate_bar_transformation(
         out=tmp_path / "learned",
@@ -106,12 +104,11 @@ def test_learned_law_meets_the_analytic_path_through_the_snap_back(
         **size,
     ).summary
     comparison = learned["comparison"]
-    for key in ("peak_force", "limit_force", "ascending", "descending_normal"):
+    for key in ("peak_force", "limit_force", "ascending_normal", "descending_normal"):
         assert comparison[key] < 0.075, (key, comparison)
     for run in (reference.summary, learned):
         assert run["steps_to_first_limit"] <= 30, run["steps_to_first_limit"]
-        if near_peak:
-            assert run["failed_steps_to_first_limit"] == 0, run["cuts"]
+        assert run["failed_steps_to_first_limit"] == 0, run["cuts"]
 
 
 def _folded_run(shift: float) -> dict:
