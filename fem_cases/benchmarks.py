@@ -1,4 +1,5 @@
-"""Benchmarks of the FE cases: ``lse-material bench bvp`` and ``lse-material bench spinodal``.
+"""Benchmarks of the FE cases: ``lse-material bench bvp``, ``bench spinodal`` and
+``bench energy-objective``.
 
 Side-by-side timings written as JSON (``out/summary.json``), ratios next to the raw times.
 Timing lives here, not in the cases, and not in tests.
@@ -15,11 +16,12 @@ from typing import Literal
 
 import numpy as np
 from lse_material.fem_cases.verification import solve_block
+from lse_material.training.data import mechanochemical as mc
 from mpi4py import MPI
 
 from lse_material.jsonio import write_json
 
-__all__ = ["bench_bvp", "bench_spinodal"]
+__all__ = ["bench_bvp", "bench_energy_objective", "bench_spinodal"]
 
 
 def _solve_summary(runs: list) -> dict:
@@ -198,3 +200,121 @@ def bench_spinodal(*, model: str, out: str, mesh: int = 128, steps: int = 8) -> 
     write_json(out / "summary.json", result)
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2))
     return result
+
+
+# The verification-block cases of the README's energy-objective table: (dim, mesh, stretch).
+ENERGY_OBJECTIVE_CASES = (
+    (2, 8, 0.05),
+    (2, 8, 0.1),
+    (2, 8, 0.2),
+    (2, 8, 0.3),
+    (3, 4, 0.05),
+    (3, 4, 0.1),
+    (3, 4, 0.2),
+)
+
+
+def bench_energy_objective(
+    *,
+    out: str,
+    model: str | None = None,
+    dims: tuple[int, ...] = (2, 3),
+    repeats: int = 5,
+    threads: int = 1,
+) -> dict:
+    """Newton with and without the energy objective: iterations, convergence, time per solve.
+
+    The verification block (``solve_block``) in the cases of ``ENERGY_OBJECTIVE_CASES``, each
+    with the analytic ψ through the law interface, with ``model`` when given, and in pure UFL.
+    Per case and form, one untimed pair compiles the forms, then ``repeats`` pairs of solves
+    (without, with; the order alternates, so that a drift of the machine's speed cancels).
+    ``time_ratio`` is the median over the pairs of (time with) / (time without), the whole
+    solve's wall time (it includes the extra energy evaluations of the line search and any
+    change in the number of iterations); only meaningful where both converge. Writes
+    ``out/summary.json`` and prints one line per case.
+
+    Parameters
+    ----------
+    out
+        output folder.
+    model
+        a trained mechanochemical model file (optional: the analytic ψ and pure UFL always run).
+    dims
+        the cases' dimensions to run (2, 3 or both).
+    repeats
+        timed pairs of solves per case and form.
+    threads
+        torch CPU threads.
+    """
+    import torch
+
+    import lse_material
+
+    torch.set_num_threads(threads)
+    forms = {"analytic law": mc.potential(), "pure UFL": None}
+    if model is not None:
+        forms["model"] = lse_material.load(model)
+    load_before = os.getloadavg()[0]
+    rows = []
+    if not dims or set(dims) - {2, 3} or repeats < 1:
+        raise ValueError(
+            f"need dims among (2, 3) and repeats >= 1; got dims={dims}, repeats={repeats}."
+        )
+    for dim, mesh, stretch in (case for case in ENERGY_OBJECTIVE_CASES if case[0] in dims):
+        for name, potential in forms.items():
+            rows.append(
+                _energy_objective_row(potential, dim, mesh, stretch, repeats) | {"form": name}
+            )
+            if MPI.COMM_WORLD.rank == 0:
+                r = rows[-1]
+                print(
+                    f"{dim}-D mesh {mesh} stretch {stretch:<5} {name:13s} iterations "
+                    f"{r['iterations_without']} -> {r['iterations_with']}, converged "
+                    f"{r['converged_without']} -> {r['converged_with']}, time ratio "
+                    f"{r['time_ratio']:.3f}",
+                    flush=True,
+                )
+    both = [r["time_ratio"] for r in rows if r["converged_without"] and r["converged_with"]]
+    result = {
+        "ranks": MPI.COMM_WORLD.size,
+        "threads": threads,
+        "repeats": repeats,
+        "load_average": [load_before, os.getloadavg()[0]],  # 1-minute, before and after
+        "cases": rows,
+        "largest_time_ratio_where_both_converge": max(both) if both else None,
+    }
+    if MPI.COMM_WORLD.rank == 0:
+        folder = Path(out)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(folder / "summary.json", result)
+    return result
+
+
+def _energy_objective_row(potential, dim: int, mesh: int, stretch: float, repeats: int) -> dict:
+    """One case and form of ``bench_energy_objective``: iterations, converged, SNES reasons and
+    the solve times without and with the energy objective, and their median pair ratio."""
+    options = {"dim": dim, "mesh_n": mesh, "stretch": stretch}
+    for energy in (False, True):  # compile the forms, untimed
+        solve_block(potential, energy_objective=energy, **options)
+    times = {False: [], True: []}
+    last = {}
+    for i in range(repeats):
+        for energy in (False, True) if i % 2 == 0 else (True, False):
+            last[energy] = solve_block(potential, energy_objective=energy, **options).newton
+            times[energy].append(last[energy].seconds)
+    ratios = [w / wo for w, wo in zip(times[True], times[False])]
+    return {
+        "dim": dim,
+        "mesh": mesh,
+        "stretch": stretch,
+        "iterations_without": last[False].iterations,
+        "iterations_with": last[True].iterations,
+        "converged_without": last[False].converged,
+        "converged_with": last[True].converged,
+        "reason_without": last[False].reason,
+        "reason_with": last[True].reason,
+        "seconds_without": times[False],
+        "seconds_with": times[True],
+        "time_ratio": float(np.median(ratios)),
+        "time_ratio_pairs": ratios,
+    }

@@ -8,7 +8,9 @@ element), the load then falls as that element softens, and never below A_min σ(
 re-stiffens. The law is a QuadratureLaw on an AnalyticPotential (real DOLFINx, PETSc, SLEPc).
 """
 
+import gc
 import math
+import weakref
 
 import numpy as np
 import pytest
@@ -130,3 +132,17 @@ def test_bad_arguments_raise_clearly():
         solver.trace(end=1.0, step=0.1, near_peak=1.5)
     with pytest.raises(TypeError, match="scalar dolfinx.fem.Constant"):
         ArcLengthSolver(solver.problem.F, u, [], load=1.0)
+
+
+def test_a_dropped_solver_is_freed_with_its_mesh():
+    """PETSc stores the SNES callbacks where Python's garbage collector cannot see them; they
+    hold the solver weakly, so a dropped solver frees its mesh and communicators (a loop of
+    a few hundred solves otherwise stops with MPI's "Too many communicators")."""
+    solver, u = _chain()
+    solver.set_load(0.0)
+    assert solver.solve().converged
+    solver.trace(end=0.3, step=0.02, max_steps=2)
+    mesh = weakref.ref(u.function_space.mesh)
+    del solver, u
+    gc.collect()
+    assert mesh() is None

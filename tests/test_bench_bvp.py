@@ -8,8 +8,9 @@ update counted only where there is a law), and solves that converged.
 import json
 
 import numpy as np
+import pytest
 import torch
-from lse_material.fem_cases.benchmarks import bench_bvp
+from lse_material.fem_cases.benchmarks import bench_bvp, bench_energy_objective
 from lse_material.fem_cases.verification import solve_block
 from lse_material.training.data import mechanochemical as mc
 
@@ -47,3 +48,25 @@ def test_bench_bvp_reports_the_median_of_paired_ratios_and_the_parts(tmp_path):
         assert (parts["law_update"] > 0) == (form == "law")
         assert summary["residual_norms"][-1] < 1e-8 * summary["residual_norms"][0]
     assert result["live_inputs"] == ["E11", "E22", "2E12"]  # plane strain; c marked fixed
+
+
+def test_bench_energy_objective_pairs_the_solves_and_reports_their_iterations(tmp_path):
+    """The 3-D cases, one pair each: the JSON holds what a plain ``solve_block`` gives (the
+    iterations, converged), the ratio is the median of the pairs, the largest ratio is taken
+    over the cases where both converge. No timing is asserted (that is the benchmark's)."""
+    result = bench_energy_objective(out=str(tmp_path / "bench"), dims=(3,), repeats=1)
+    assert json.loads((tmp_path / "bench" / "summary.json").read_text())["repeats"] == 1
+    rows = result["cases"]
+    assert {(r["dim"], r["stretch"], r["form"]) for r in rows} == {
+        (3, s, f) for s in (0.05, 0.1, 0.2) for f in ("analytic law", "pure UFL")
+    }
+    for r in rows:
+        assert r["time_ratio"] == np.median(r["time_ratio_pairs"])
+        assert len(r["seconds_with"]) == len(r["seconds_without"]) == 1
+    plain = solve_block(None, dim=3, mesh_n=4, stretch=0.2).newton
+    row = next(r for r in rows if r["stretch"] == 0.2 and r["form"] == "pure UFL")
+    assert row["converged_without"] == plain.converged and plain.converged
+    assert row["iterations_without"] == plain.iterations
+    assert result["largest_time_ratio_where_both_converge"] == max(r["time_ratio"] for r in rows)
+    with pytest.raises(ValueError, match="dims"):
+        bench_energy_objective(out=str(tmp_path / "bad"), dims=(4,))

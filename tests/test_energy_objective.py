@@ -1,5 +1,8 @@
 """LawNewtonSolver(energy=...): SNES's objective is the total energy (the line search works on it)."""
 
+import gc
+import weakref
+
 import numpy as np
 import pytest
 from lse_material.fem_cases.verification import solve_block
@@ -35,3 +38,15 @@ def test_energy_objective_finishes_newton_where_the_energy_is_below_rounding():
     assert energy.newton.converged, energy.newton.residual_norms
     assert energy.newton.iterations <= plain.newton.iterations + 1
     assert energy.reaction == pytest.approx(plain.reaction, rel=1e-8)
+
+
+def test_a_dropped_solver_is_freed_with_its_mesh():
+    """The SNES callbacks (residual, Jacobian, monitor, objective) hold the solver weakly:
+    once the block's result is dropped its mesh is freed (a strong reference from PETSc
+    kept every solver alive; ~100 solves in a loop then ran out of MPI communicators)."""
+    result = solve_block(mc.potential(), mesh_n=2, stretch=0.1, energy_objective=True)
+    assert result.newton.converged
+    mesh = weakref.ref(result.u.function_space.mesh)
+    del result
+    gc.collect()
+    assert mesh() is None

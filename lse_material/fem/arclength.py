@@ -52,7 +52,7 @@ from petsc4py import PETSc  # lse_material.fem imports dolfinx_solver first
 from slepc4py import SLEPc
 
 from lse_material.fem._dolfinx import dolfinx
-from lse_material.fem.newton import LawNewtonSolver, NewtonResult
+from lse_material.fem.newton import LawNewtonSolver, NewtonResult, weakly
 
 __all__ = ["ArcLengthPath", "ArcLengthPoint", "ArcLengthSolver", "CriticalPoint", "Stability"]
 
@@ -185,23 +185,12 @@ class ArcLengthSolver(LawNewtonSolver):
         snes.setType(PETSc.SNES.Type.NEWTONAL)  # in code, before the AL function (see above)
         b, (law_function, _, _) = snes.getFunction()
         self._assemble = law_function  # LawNewtonSolver's: laws refreshed, then DOLFINx assembly
-
-        def function(snes_, x, b_):
-            self._apply(self._base + self._sign * snes_.getNewtonALLoadParameter())
-            law_function(snes_, x, b_)
-
-        def tangent_load(snes_, x, q):
-            self._load_vector(
-                snes_, x, q, self._base + self._sign * snes_.getNewtonALLoadParameter()
-            )
-            q.scale(self._sign)
-
-        snes.setFunction(function, b)
-        snes.setNewtonALFunction(tangent_load)
+        snes.setFunction(weakly(self._al_function), b)  # weakly: see LawNewtonSolver
+        snes.setNewtonALFunction(weakly(self._tangent_load))
         kind = PETSc.SNES.NewtonALCorrectionType
         self._correction = kind.EXACT if correction == "exact" else kind.NORMAL
         snes.setNewtonALCorrectionType(self._correction)
-        snes.setConvergenceTest(self._convergence_test)
+        snes.setConvergenceTest(weakly(self._convergence_test))
         self._work = b.duplicate()
         self._mass = self._mass_matrix(bcs)
         self._factor_ksp = self._ksp("cholesky", self.A)
@@ -225,6 +214,16 @@ class ArcLengthSolver(LawNewtonSolver):
         self.load.value = value
         for g, unit in self._scaled:
             g.x.array[:] = value * unit
+
+    def _al_function(self, snes, x, b) -> None:
+        """SNES's residual at Λ = Λ₀ + σλ (λ: PETSc's load parameter of the step)."""
+        self._apply(self._base + self._sign * snes.getNewtonALLoadParameter())
+        self._assemble(snes, x, b)
+
+    def _tangent_load(self, snes, x, q) -> None:
+        """PETSc's tangent load Q = -∂F/∂λ = -σ ∂F/∂Λ at x."""
+        self._load_vector(snes, x, q, self._base + self._sign * snes.getNewtonALLoadParameter())
+        q.scale(self._sign)
 
     def _load_vector(self, snes, x, q, value: float) -> None:
         """q = -∂F/∂Λ at (x, value) = F(x, value) - F(x, value + 1) (F is affine in Λ)."""

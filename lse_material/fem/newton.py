@@ -17,6 +17,7 @@ import contextlib
 import math
 import re
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -197,54 +198,57 @@ class LawNewtonSolver:
         if preset is not None and preset.configure is not None:
             preset.configure(self.problem)
         snes = self.problem.solver
-        b, (assemble_f, f_args, f_kwargs) = snes.getFunction()
-        A, P, (assemble_j, j_args, j_kwargs) = snes.getJacobian()
-
-        def function(snes_, x, b_):
-            self._refresh(x)
-            with self._timed("residual_assembly"):
-                assemble_f(snes_, x, b_, *f_args, **f_kwargs)
-
-        def jacobian(snes_, x, A_, P_):
-            self._refresh(x)
-            with self._timed("jacobian_assembly"):
-                assemble_j(snes_, x, A_, P_, *j_args, **j_kwargs)
-
-        snes.setFunction(function, b)
-        snes.setJacobian(jacobian, A, P)
+        b, self._dolfinx_residual = snes.getFunction()  # (function, args, kwargs)
+        A, P, self._dolfinx_jacobian = snes.getJacobian()
+        # PETSc holds its callbacks where Python's garbage collector cannot see them: each
+        # refers to this solver weakly, or solver, mesh and communicators would never be freed
+        snes.setFunction(weakly(self._snes_function), b)
+        snes.setJacobian(weakly(self._snes_jacobian), A, P)
         self._last_x: np.ndarray | None = None
         self._error: BaseException | None = None
         self._seconds = dict.fromkeys(SolveTimings._fields[:3], 0.0)
         self.residual_norms: list[float] = []
         self._line_search = options.get("snes_linesearch_type") if energy is not None else None
         self._energies: list[float] = []  # the energy at each iterate (with an energy objective)
-
-        def monitor(snes_, _it, norm):
-            self.residual_norms.append(float(norm))
-            if self._line_search is not None:
-                self._finish_in_full_steps_below_rounding(snes_)
-
-        snes.setMonitor(monitor)
+        snes.setMonitor(weakly(self._snes_monitor))
         self._objective_at = None
         if energy is not None:
-            energy_form = dolfinx.fem.form(at_iterate(energy, self.laws))  # laws refreshed at x
+            self._energy_form = dolfinx.fem.form(at_iterate(energy, self.laws))  # laws at x
+            snes.setObjective(weakly(self._snes_objective))
 
-            def objective(_snes, x):
-                # PETSc asks again at the accepted point of the last line search: reuse it
-                current, known = x.getArray(readonly=True), self._objective_at
-                same = known is not None and np.array_equal(known[0], current)
-                if self.comm.allreduce(same, op=MPI.LAND):
-                    return known[1]
-                self._refresh(x)
-                x.ghostUpdate(addv=PETSc.InsertMode.INSERT, mode=PETSc.ScatterMode.FORWARD)
-                dolfinx.fem.petsc.assign(x, self.u)
-                local = dolfinx.fem.assemble_scalar(energy_form)
-                value = self.comm.allreduce(local, op=MPI.SUM)
-                self._objective_at = (current.copy(), value)
-                return value
+    def _snes_function(self, snes, x, b) -> None:
+        """SNES's residual: the laws refreshed at x, then DOLFINx's assembly."""
+        assemble, args, kwargs = self._dolfinx_residual
+        self._refresh(x)
+        with self._timed("residual_assembly"):
+            assemble(snes, x, b, *args, **kwargs)
 
-            snes.setObjective(objective)
-            self._objective = objective
+    def _snes_jacobian(self, snes, x, A, P) -> None:
+        """SNES's Jacobian: the laws refreshed at x, then DOLFINx's assembly."""
+        assemble, args, kwargs = self._dolfinx_jacobian
+        self._refresh(x)
+        with self._timed("jacobian_assembly"):
+            assemble(snes, x, A, P, *args, **kwargs)
+
+    def _snes_monitor(self, snes, _it, norm) -> None:
+        self.residual_norms.append(float(norm))
+        if self._line_search is not None:
+            self._finish_in_full_steps_below_rounding(snes)
+
+    def _snes_objective(self, _snes, x) -> float:
+        """The total energy at x (collective), the laws refreshed there."""
+        # PETSc asks again at the accepted point of the last line search: reuse it
+        current, known = x.getArray(readonly=True), self._objective_at
+        same = known is not None and np.array_equal(known[0], current)
+        if self.comm.allreduce(same, op=MPI.LAND):
+            return known[1]
+        self._refresh(x)
+        x.ghostUpdate(addv=PETSc.InsertMode.INSERT, mode=PETSc.ScatterMode.FORWARD)
+        dolfinx.fem.petsc.assign(x, self.u)
+        local = dolfinx.fem.assemble_scalar(self._energy_form)
+        value = self.comm.allreduce(local, op=MPI.SUM)
+        self._objective_at = (current.copy(), value)
+        return value
 
     def _finish_in_full_steps_below_rounding(self, snes) -> None:
         """At an iterate (from the monitor): switch the line search to full steps when the
@@ -253,7 +257,7 @@ class LawNewtonSolver:
         line_search = snes.getLineSearch()
         if line_search.getType() == "basic":  # switched already: no more energies needed
             return
-        self._energies.append(self._objective(snes, snes.getSolution()))
+        self._energies.append(self._snes_objective(snes, snes.getSolution()))
         if len(self._energies) < 2 or self.residual_norms[-2] == 0:
             return
         last_decrease = abs(self._energies[-2] - self._energies[-1])
@@ -417,3 +421,14 @@ def solve_with_cuts(
         f"{what}: Newton failed with the step cut {max_cuts} times (last size {2 * size:.3g}, "
         f"SNES reason {result.reason}); reduce the step or check the law."
     )
+
+
+def weakly(method: Callable) -> Callable:
+    """``method`` (bound) as a plain function that holds its object by a weak reference: for
+    callbacks stored in PETSc objects, which Python's garbage collector cannot traverse."""
+    ref, function = weakref.ref(method.__self__), method.__func__
+
+    def call(*args, **kwargs):
+        return function(ref(), *args, **kwargs)
+
+    return call
