@@ -69,6 +69,7 @@ bench: venv
 	$(CLI) bench law --model $(RESULTS)/mechanochemical/model.safetensors --out $(RESULTS)/bench/law
 	$(CLI) bench bvp --model $(RESULTS)/mechanochemical/model.safetensors --out $(RESULTS)/bench/bvp
 	$(CLI) bench spinodal --model $(RESULTS)/mechanochemical/model.safetensors --out $(RESULTS)/bench/spinodal
+	$(CLI) bench energy-objective --model $(RESULTS)/mechanochemical/model.safetensors --out $(RESULTS)/bench/energy-objective
 
 clean:
 	rm -rf $(VENV) $(RESULTS) *.egg-info .pytest_cache .ruff_cache

@@ -182,6 +182,7 @@ def simulate_bar_transformation(
         near_peak=near_peak,
         callback=record,
     )
+    p.solver.close()  # collective; frees the solver (a loop of runs would otherwise leak them)
     writer.close()
     summary = _summary(path, p, mesh, aspect, imperfection, analytic, model)
     summary["near_peak"] = near_peak

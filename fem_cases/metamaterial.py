@@ -256,6 +256,7 @@ def simulate_metamaterial(
     history, failures, cuts_used = _march(
         bar, schedule, chosen, viscosity, max_cuts, out, write_every, checkpoints, resume
     )
+    bar.solver.close()  # collective; frees the solver (a loop of runs would otherwise leak them)
     restart_step = None if resume is None else resume.state["step"]
     summary = {
         **history,

@@ -176,6 +176,7 @@ def simulate_spinodal(
     history, step, failures, loop_seconds = _march(
         p, out, t_end, dt_max, max_steps, write_every, checkpoints, resume
     )
+    p.solver.close()  # collective; frees the solver (a loop of runs would otherwise leak them)
     restart_step = None if resume is None else resume.state["step"]
     peak_mb = comm.allreduce(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, op=MPI.MAX)
     summary = {

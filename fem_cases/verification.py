@@ -112,7 +112,7 @@ def solve_block(
         for value, f in ((np.zeros(dim), left), (pull, right))
     ]
     u.interpolate(lambda x: np.vstack([stretch * x[0]] + [np.zeros(x.shape[1])] * (dim - 1)))
-    solver = LawNewtonSolver(
+    with LawNewtonSolver(  # closed after the solve: a loop of blocks frees its solvers
         F,
         u,
         laws,
@@ -120,8 +120,8 @@ def solve_block(
         energy=density * dx if energy_objective else None,
         petsc_options=petsc_options,
         prefix=f"block{dim}_{'law' if laws else 'ufl'}_",
-    )
-    result = solver.solve()
+    ) as solver:
+        result = solver.solve()
     reaction = ReactionForce(F, u, lambda x: np.isclose(x[0], 1.0), component=0)()
     u_norm = np.sqrt(
         comm.allreduce(

@@ -134,15 +134,17 @@ def test_bad_arguments_raise_clearly():
         ArcLengthSolver(solver.problem.F, u, [], load=1.0)
 
 
-def test_a_dropped_solver_is_freed_with_its_mesh():
-    """PETSc stores the SNES callbacks where Python's garbage collector cannot see them; they
-    hold the solver weakly, so a dropped solver frees its mesh and communicators (a loop of
-    a few hundred solves otherwise stops with MPI's "Too many communicators")."""
+def test_a_closed_solver_is_freed_with_its_mesh():
+    """PETSc holds the SNES callbacks, which hold the solver: ``close()`` (collective) breaks
+    that cycle, and the solver, its mesh and communicators are freed; solving again raises."""
     solver, u = _chain()
     solver.set_load(0.0)
     assert solver.solve().converged
     solver.trace(end=0.3, step=0.02, max_steps=2)
     mesh = weakref.ref(u.function_space.mesh)
+    solver.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        solver.solve()
     del solver, u
     gc.collect()
     assert mesh() is None

@@ -40,10 +40,11 @@ def test_energy_objective_finishes_newton_where_the_energy_is_below_rounding():
     assert energy.reaction == pytest.approx(plain.reaction, rel=1e-8)
 
 
-def test_a_dropped_solver_is_freed_with_its_mesh():
-    """The SNES callbacks (residual, Jacobian, monitor, objective) hold the solver weakly:
-    once the block's result is dropped its mesh is freed (a strong reference from PETSc
-    kept every solver alive; ~100 solves in a loop then ran out of MPI communicators)."""
+def test_a_block_solve_frees_its_solver_and_mesh():
+    """``solve_block`` closes its solver (``with LawNewtonSolver(...)``): once the result is
+    dropped the mesh is freed. Unclosed, PETSc's hold on the callbacks (residual, Jacobian,
+    monitor, objective) kept every solver alive, and about 100 solves in a loop ran out of
+    MPI communicators."""
     result = solve_block(mc.potential(), mesh_n=2, stretch=0.1, energy_objective=True)
     assert result.newton.converged
     mesh = weakref.ref(result.u.function_space.mesh)

@@ -52,7 +52,7 @@ from petsc4py import PETSc  # lse_material.fem imports dolfinx_solver first
 from slepc4py import SLEPc
 
 from lse_material.fem._dolfinx import dolfinx
-from lse_material.fem.newton import LawNewtonSolver, NewtonResult, weakly
+from lse_material.fem.newton import LawNewtonSolver, NewtonResult
 
 __all__ = ["ArcLengthPath", "ArcLengthPoint", "ArcLengthSolver", "CriticalPoint", "Stability"]
 
@@ -185,15 +185,22 @@ class ArcLengthSolver(LawNewtonSolver):
         snes.setType(PETSc.SNES.Type.NEWTONAL)  # in code, before the AL function (see above)
         b, (law_function, _, _) = snes.getFunction()
         self._assemble = law_function  # LawNewtonSolver's: laws refreshed, then DOLFINx assembly
-        snes.setFunction(weakly(self._al_function), b)  # weakly: see LawNewtonSolver
-        snes.setNewtonALFunction(weakly(self._tangent_load))
+        snes.setFunction(self._al_function, b)
+        snes.setNewtonALFunction(self._tangent_load)
         kind = PETSc.SNES.NewtonALCorrectionType
         self._correction = kind.EXACT if correction == "exact" else kind.NORMAL
         snes.setNewtonALCorrectionType(self._correction)
-        snes.setConvergenceTest(weakly(self._convergence_test))
+        snes.setConvergenceTest(self._convergence_test)
         self._work = b.duplicate()
         self._mass = self._mass_matrix(bcs)
         self._factor_ksp = self._ksp("cholesky", self.A)
+
+    def close(self) -> None:
+        """LawNewtonSolver's, and the stability measures' factorization and mass matrix."""
+        if not self._closed:
+            for obj in (self._factor_ksp, self._mass, self._work):
+                obj.destroy()
+        super().close()
 
     # ----------------------------------------------------------------- load and callbacks
     @property
@@ -284,6 +291,7 @@ class ArcLengthSolver(LawNewtonSolver):
 
         Uses the exact correction (the normal one divides by the step's own ΔX, 0 here).
         """
+        self._check_open()
         self._base, self._sign = self.load_value, 1
         snes = self.problem.solver
         self._configure(1.0, 0.0, 0.0)
@@ -299,6 +307,7 @@ class ArcLengthSolver(LawNewtonSolver):
         With ``end``, λ is clamped so that Λ does not pass it. u and the laws hold the result
         (on failure too: ``trace`` restores them).
         """
+        self._check_open()
         self._base, self._sign = self.load_value, int(direction)
         stop = _BIG if end is None else (end - self._base) * self._sign
         self._configure(float(size), -_BIG, stop if stop > 0 else _BIG)
@@ -333,6 +342,7 @@ class ArcLengthSolver(LawNewtonSolver):
 
     def stability(self) -> Stability:
         """Inertia and smallest eigenvalue of the tangent at the current u (collective)."""
+        self._check_open()
         self._jacobian()
         self.A.setOption(PETSc.Mat.Option.SYMMETRIC, True)
         pc = self._factor_ksp.getPC()

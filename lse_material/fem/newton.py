@@ -17,7 +17,6 @@ import contextlib
 import math
 import re
 import time
-import weakref
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -200,21 +199,22 @@ class LawNewtonSolver:
         snes = self.problem.solver
         b, self._dolfinx_residual = snes.getFunction()  # (function, args, kwargs)
         A, P, self._dolfinx_jacobian = snes.getJacobian()
-        # PETSc holds its callbacks where Python's garbage collector cannot see them: each
-        # refers to this solver weakly, or solver, mesh and communicators would never be freed
-        snes.setFunction(weakly(self._snes_function), b)
-        snes.setJacobian(weakly(self._snes_jacobian), A, P)
+        # PETSc holds the callbacks where Python's garbage collector cannot see them, so the
+        # solver is freed only by ``close()`` (see there)
+        snes.setFunction(self._snes_function, b)
+        snes.setJacobian(self._snes_jacobian, A, P)
         self._last_x: np.ndarray | None = None
         self._error: BaseException | None = None
         self._seconds = dict.fromkeys(SolveTimings._fields[:3], 0.0)
         self.residual_norms: list[float] = []
         self._line_search = options.get("snes_linesearch_type") if energy is not None else None
         self._energies: list[float] = []  # the energy at each iterate (with an energy objective)
-        snes.setMonitor(weakly(self._snes_monitor))
+        snes.setMonitor(self._snes_monitor)
         self._objective_at = None
+        self._closed = False
         if energy is not None:
             self._energy_form = dolfinx.fem.form(at_iterate(energy, self.laws))  # laws at x
-            snes.setObjective(weakly(self._snes_objective))
+            snes.setObjective(self._snes_objective)
 
     def _snes_function(self, snes, x, b) -> None:
         """SNES's residual: the laws refreshed at x, then DOLFINx's assembly."""
@@ -269,6 +269,38 @@ class LawNewtonSolver:
     def comm(self):
         return self.problem.A.comm.tompi4py()
 
+    def close(self) -> None:
+        """Destroy the PETSc objects (the SNES with its KSP and factorization, the matrices
+        and vectors). Collective: call it on every rank at the same point.
+
+        Without it a solver is never freed: PETSc holds its callbacks, and they hold the
+        solver, a cycle Python's garbage collector cannot see; a loop of a few hundred
+        solvers in one process then runs MPI out of communicators. Freeing it from the
+        garbage collector instead (weak callbacks, tried in session 6) ran the collective
+        destroys at different moments on different ranks and hung a 2-rank run. After
+        ``close()`` the cycle is broken and Python frees the rest. ``with LawNewtonSolver(...)
+        as solver:`` closes it at the end of the block, unless the block raised (a rank with an
+        error must not enter a collective the others may never reach).
+        """
+        if self._closed:
+            return
+        self._closed = True
+        p = self.problem
+        for obj in (p.solver, p.A, p.b, p.x, p.P_mat):
+            if obj is not None:
+                obj.destroy()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this solver was closed (close()); build a new one to solve again.")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, error_type, error, traceback) -> None:
+        if error_type is None:
+            self.close()
+
     @contextlib.contextmanager
     def _timed(self, part: str):
         """Add the wall time of the block to ``part`` of this solve's timings."""
@@ -299,6 +331,7 @@ class LawNewtonSolver:
 
     def solve(self) -> NewtonResult:
         """Run Newton from the current ``u``; ``u`` holds the result (also on failure: revert it yourself)."""
+        self._check_open()
         self.residual_norms = []
         self._last_x, self._error = None, None
         self._objective_at = None  # (x, energy) of the last objective call; a solve starts afresh
@@ -421,14 +454,3 @@ def solve_with_cuts(
         f"{what}: Newton failed with the step cut {max_cuts} times (last size {2 * size:.3g}, "
         f"SNES reason {result.reason}); reduce the step or check the law."
     )
-
-
-def weakly(method: Callable) -> Callable:
-    """``method`` (bound) as a plain function that holds its object by a weak reference: for
-    callbacks stored in PETSc objects, which Python's garbage collector cannot traverse."""
-    ref, function = weakref.ref(method.__self__), method.__func__
-
-    def call(*args, **kwargs):
-        return function(ref(), *args, **kwargs)
-
-    return call
