@@ -202,15 +202,20 @@ def bench_spinodal(*, model: str, out: str, mesh: int = 128, steps: int = 8) -> 
     return result
 
 
-# The verification-block cases of the README's energy-objective table: (dim, mesh, stretch).
+# The verification-block cases of the README's energy-objective table, and finer meshes:
+# (dim, cells per side, stretch).
 ENERGY_OBJECTIVE_CASES = (
     (2, 8, 0.05),
     (2, 8, 0.1),
     (2, 8, 0.2),
     (2, 8, 0.3),
+    (2, 32, 0.1),
+    (2, 32, 0.2),
+    (2, 32, 0.3),
     (3, 4, 0.05),
     (3, 4, 0.1),
     (3, 4, 0.2),
+    (3, 8, 0.1),
 )
 
 
