@@ -251,6 +251,10 @@ def bench_energy_objective(
     threads
         torch CPU threads.
     """
+    if not dims or set(dims) - {2, 3} or repeats < 1:
+        raise ValueError(
+            f"need dims among (2, 3) and repeats >= 1; got dims={dims}, repeats={repeats}."
+        )
     import torch
 
     import lse_material
@@ -261,10 +265,6 @@ def bench_energy_objective(
         forms["model"] = lse_material.load(model)
     load_before = os.getloadavg()[0]
     rows = []
-    if not dims or set(dims) - {2, 3} or repeats < 1:
-        raise ValueError(
-            f"need dims among (2, 3) and repeats >= 1; got dims={dims}, repeats={repeats}."
-        )
     for dim, mesh, stretch in (case for case in ENERGY_OBJECTIVE_CASES if case[0] in dims):
         for name, potential in forms.items():
             rows.append(
