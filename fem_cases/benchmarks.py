@@ -24,6 +24,18 @@ from lse_material.jsonio import write_json
 __all__ = ["bench_bvp", "bench_energy_objective", "bench_spinodal"]
 
 
+def _alternated_pairs(repeats: int, solves: dict) -> dict[object, list]:
+    """``repeats`` pairs of the two solves ``{name: callable}``, one after the other in this
+    process (both see the same machine load), the order alternated from pair to pair so that
+    a drift of the machine's speed cancels: ``{name: [result of each pair]}``."""
+    order = list(solves)
+    runs = {name: [] for name in order}
+    for i in range(repeats):
+        for name in order if i % 2 == 0 else order[::-1]:
+            runs[name].append(solves[name]())
+    return runs
+
+
 def _solve_summary(runs: list) -> dict:
     """The median run of one form (by time per iteration) and every run's time per iteration,
     with the seconds per iteration by part (``SolveTimings``) of the median run."""
@@ -94,11 +106,13 @@ def bench_bvp(
     options = {"dim": dim, "degree": degree}
     solve_block(potential, mesh_n=2, **options)  # compile the forms once
     solve_block(None, mesh_n=2, **options)
-    runs = {"law": [], "ufl": []}
-    for i in range(repeats):
-        pair = [("law", potential), ("ufl", None)]
-        for name, p in pair if i % 2 == 0 else pair[::-1]:  # alternated: a drift cancels
-            runs[name].append(solve_block(p, mesh_n=mesh, stretch=stretch, **options))
+    runs = _alternated_pairs(
+        repeats,
+        {
+            "law": lambda: solve_block(potential, mesh_n=mesh, stretch=stretch, **options),
+            "ufl": lambda: solve_block(None, mesh_n=mesh, stretch=stretch, **options),
+        },
+    )
     ratios = [
         a.seconds_per_iteration / b.seconds_per_iteration for a, b in zip(runs["law"], runs["ufl"])
     ]
@@ -301,12 +315,17 @@ def _energy_objective_row(potential, dim: int, mesh: int, stretch: float, repeat
     options = {"dim": dim, "mesh_n": mesh, "stretch": stretch}
     for energy in (False, True):  # compile the forms, untimed
         solve_block(potential, energy_objective=energy, **options)
-    times = {False: [], True: []}
-    last = {}
-    for i in range(repeats):
-        for energy in (False, True) if i % 2 == 0 else (True, False):
-            last[energy] = solve_block(potential, energy_objective=energy, **options).newton
-            times[energy].append(last[energy].seconds)
+    runs = _alternated_pairs(
+        repeats,
+        {
+            energy: lambda energy=energy: (
+                solve_block(potential, energy_objective=energy, **options).newton
+            )
+            for energy in (False, True)
+        },
+    )
+    times = {energy: [r.seconds for r in results] for energy, results in runs.items()}
+    last = {energy: results[-1] for energy, results in runs.items()}
     ratios = [w / wo for w, wo in zip(times[True], times[False])]
     return {
         "dim": dim,

@@ -56,8 +56,9 @@ def test_bench_bvp_reports_the_median_of_paired_ratios_and_the_parts(tmp_path):
 
 def test_bench_energy_objective_pairs_the_solves_and_reports_their_iterations(tmp_path):
     """The 2-D cases, one pair each: the JSON holds what a plain ``solve_block`` gives (the
-    iterations, converged), the ratio is the median of the pairs, the largest ratio is taken
-    over the cases where both converge. No timing is asserted (that is the benchmark's)."""
+    iterations, converged), the energy saves iterations at stretch 0.3 (17 -> 9 measured),
+    the largest ratio is taken over the cases where both converge. No timing is asserted
+    (that is the benchmark's)."""
     result = bench_energy_objective(out=str(tmp_path / "bench"), dims=(2,), repeats=1)
     assert json.loads((tmp_path / "bench" / "summary.json").read_text())["repeats"] == 1
     rows = result["cases"]
@@ -65,8 +66,9 @@ def test_bench_energy_objective_pairs_the_solves_and_reports_their_iterations(tm
     assert [(r["dim"], r["mesh"], r["stretch"]) for r in rows[::2]] == cases
     assert {r["form"] for r in rows} == {"analytic law", "pure UFL"}
     for r in rows:
-        assert r["time_ratio"] == np.median(r["time_ratio_pairs"])
         assert len(r["seconds_with"]) == len(r["seconds_without"]) == 1
+    hard = [r for r in rows if (r["mesh"], r["stretch"]) == (8, 0.3)]
+    assert all(r["converged_with"] and r["iterations_with"] < r["iterations_without"] for r in hard)
     plain = solve_block(None, dim=2, mesh_n=8, stretch=0.2).newton
     row = next(r for r in rows if (r["mesh"], r["stretch"], r["form"]) == (8, 0.2, "pure UFL"))
     assert row["converged_without"] == plain.converged and plain.converged

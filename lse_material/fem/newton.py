@@ -276,7 +276,7 @@ class LawNewtonSolver:
         Without it a solver is never freed: PETSc holds its callbacks, and they hold the
         solver, a cycle Python's garbage collector cannot see; a loop of a few hundred
         solvers in one process then runs MPI out of communicators. Freeing it from the
-        garbage collector instead (weak callbacks, tried in session 6) ran the collective
+        garbage collector instead (weak callbacks, reverted in d45e477) ran the collective
         destroys at different moments on different ranks and hung a 2-rank run. After
         ``close()`` the cycle is broken and Python frees the rest. ``with LawNewtonSolver(...)
         as solver:`` closes it at the end of the block, unless the block raised (a rank with an
